@@ -1,0 +1,157 @@
+"""The protocol every destination module implements, and the checks they share.
+
+A destination answers four questions: is this payload valid (``prepare``), what request
+carries it (``build_request``), what does a response mean (``classify``), and which
+rate-limit scopes a request consumes (``limit_scopes``). Nothing else knows an API's details.
+This module imports no HTTP client: the enqueue path uses ``prepare`` only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from relay import __version__
+from relay.errors import MISSING, InvalidEvent
+from relay.outcomes import Outcome
+from relay.settings import DestinationConfig
+
+USER_AGENT = f"relay/{__version__} (+event relay)"
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """A request to send, described without any HTTP library."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes
+
+
+class Destination:
+    """Base of the destination modules; subclasses fill in the API's details."""
+
+    kind: ClassVar[str]
+    path: ClassVar[str]
+    success_status: ClassVar[int]
+    fields: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: DestinationConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.config.url}>"
+
+    # -- 1. is this payload valid? --------------------------------------------------
+
+    def prepare(
+        self, payload: Mapping[str, Any], event_id: str | None, now: datetime
+    ) -> tuple[str, dict[str, Any]]:
+        """Check ``payload``, stamp what is missing; return (event_id, body to send)."""
+        raise NotImplementedError
+
+    # -- 2. what request carries it? -------------------------------------------------
+
+    def build_request(self, body_bytes: bytes) -> HttpRequest:
+        """The POST for one event whose JSON body is ``body_bytes``."""
+        return HttpRequest(
+            "POST",
+            self.config.url + self.path,
+            {
+                "Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+            },
+            body_bytes,
+        )
+
+    # -- 3. what does this response mean? --------------------------------------------
+
+    def classify(self, status: int, headers: Mapping[str, str], body: str) -> Outcome:
+        """Map an HTTP response to an outcome; 401/403 pause, 408/429/5xx retry."""
+        # Any 2xx means the API took the event; resending it could only double-count.
+        if 200 <= status < 300:
+            return Outcome.delivered(status)
+        detail = body.strip() or f"HTTP {status}"
+        if status in (401, 403):
+            return Outcome.pause(status, detail)
+        if status == 429:
+            return Outcome.retry(
+                status, detail, retry_after=parse_retry_after(headers), throttled=True
+            )
+        if status == 408 or status >= 500:
+            return Outcome.retry(status, detail, retry_after=parse_retry_after(headers))
+        return Outcome.dead(status, detail)
+
+    # -- 4. which rate-limit scopes does a request consume? --------------------------
+
+    def limit_scopes(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    # -- shared checks ---------------------------------------------------------------
+
+    def invalid(self, name: str, expected: str, got: object) -> InvalidEvent:
+        return InvalidEvent(f"{self.name}.{name}", expected, got)
+
+    def reject_unknown_fields(self, payload: Mapping[str, Any]) -> None:
+        for key in payload:
+            if key not in self.fields:
+                raise self.invalid(
+                    str(key),
+                    f"absent: it is not a {self.kind} field (allowed: {', '.join(self.fields)})",
+                    payload[key],
+                )
+
+    def string(self, payload: Mapping[str, Any], name: str, *, required: bool = False) -> None:
+        value = payload.get(name, MISSING)
+        if value is MISSING and not required:
+            return
+        if not isinstance(value, str) or (required and not value.strip()):
+            raise self.invalid(name, "a non-empty string" if required else "a string", value)
+
+    def number(self, payload: Mapping[str, Any], name: str) -> None:
+        value = payload.get(name, MISSING)
+        if value is MISSING:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.invalid(name, "a number such as 49.90", value)
+        if not math.isfinite(value):
+            raise self.invalid(name, "a finite number", value)
+
+    def boolean(self, payload: Mapping[str, Any], name: str) -> None:
+        value = payload.get(name, MISSING)
+        if value is not MISSING and not isinstance(value, bool):
+            raise self.invalid(name, "true or false", value)
+
+
+def check_event_id(dest: Destination, event_id: object) -> str:
+    """An event id is a non-empty string of at most 200 characters."""
+    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 200:
+        raise dest.invalid("event_id", "a non-empty string of at most 200 characters", event_id)
+    return event_id
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), if any."""
+    raw = headers.get("retry-after") or headers.get("Retry-After")
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())

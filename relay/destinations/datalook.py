@@ -1,0 +1,77 @@
+"""DataLook: ``POST {base}/event``, 204 on success, no server-side dedup.
+
+Contract: ``shared/api/datalook.txt``. 401 bad or revoked key; 500 requests per 10 s per key id
+(sliding window, 429 + Retry-After). The event id is the outbox's dedup key only: DataLook's body
+has no such field, so the relay's outbox is the only guard against double counting.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from relay.destinations.base import Destination, check_event_id
+from relay.destinations.servoki import new_event_id
+from relay.errors import MISSING
+
+KEY_PATTERN = re.compile(r"dl_live_([A-Za-z0-9]+)_([A-Za-z0-9_\-]+)")
+EVENT_NAMES = ("pageview", "click", "success", "custom")
+# DataLook strips these server-side; the relay drops them first so it keeps no PII it cannot send.
+PII_KEY = re.compile(r"email|phone|password|ssn", re.IGNORECASE)
+
+
+class DataLook(Destination):
+    kind = "datalook"
+    path = "/event"
+    success_status = 204
+    fields = (
+        "event_name",
+        "page_path",
+        "name",
+        "success_user_id",
+        "success_value",
+        "properties",
+    )
+
+    def prepare(
+        self, payload: Mapping[str, Any], event_id: str | None, now: datetime
+    ) -> tuple[str, dict[str, Any]]:
+        self.reject_unknown_fields(payload)
+        body = dict(payload)
+        event_name = body.get("event_name", MISSING)
+        if event_name not in EVENT_NAMES:
+            raise self.invalid("event_name", f"one of {', '.join(EVENT_NAMES)}", event_name)
+        self.string(body, "page_path", required=True)
+        self.string(body, "name", required=event_name == "success")
+        self.string(body, "success_user_id")
+        self.number(body, "success_value")
+        if "properties" in body:
+            body["properties"] = self._properties(body["properties"])
+        return (new_event_id() if event_id is None else check_event_id(self, event_id)), body
+
+    def limit_scopes(self) -> tuple[str, ...]:
+        return (f"datalook:key:{key_id(self.config.api_key.get_secret_value())}",)
+
+    def _properties(self, value: object) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.invalid("properties", "a flat object of string/number/boolean values", value)
+        kept: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise self.invalid("properties", "an object with string keys", key)
+            if not isinstance(item, str | int | float | bool) or (
+                isinstance(item, float) and not math.isfinite(item)
+            ):
+                raise self.invalid(f"properties.{key}", "a string, finite number or boolean", item)
+            if not PII_KEY.search(key):
+                kept[key] = item
+        return kept
+
+
+def key_id(api_key: str) -> str:
+    """The key id of a DataLook key (its rate-limit scope); never the secret."""
+    match = KEY_PATTERN.fullmatch(api_key)
+    return match.group(1) if match else "malformed"

