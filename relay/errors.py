@@ -28,7 +28,9 @@ class UnknownDestination(ConfigError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
-        choices = ", ".join(sorted(known)) or "none: set RELAY_SERVOKI_API_KEY or RELAY_DATALOOK_API_KEY"
+        choices = (
+            ", ".join(sorted(known)) or "none: set RELAY_SERVOKI_API_KEY or RELAY_DATALOOK_API_KEY"
+        )
         super().__init__(
             f"unknown destination {name!r}; configured destinations: {choices}. "
             "Set its API key (and URL) in the environment or add it to the RELAY_CONFIG TOML file."

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=500, gt=0, le=5000)
     dispatch_batch: int = Field(default=50, gt=0, le=1000)
+    send_concurrency: int = Field(default=4, gt=0, le=64)
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=30.0, gt=0)
     pump_seconds: float = Field(default=15.0, gt=0)
@@ -220,7 +221,7 @@ def _named_destination(name: str, entry: DestinationEntry) -> DestinationConfig:
     where = f"[destinations.{name}] in RELAY_CONFIG"
     url = entry.url or (DEFAULT_SERVOKI_URL if entry.kind == "servoki" else None)
     if not url:
-        raise ConfigError(f"{where} needs url = \"https://…\": DataLook hosts are per account")
+        raise ConfigError(f'{where} needs url = "https://…": DataLook hosts are per account')
     if entry.api_key_env:
         raw = os.environ.get(entry.api_key_env)
         if not raw:

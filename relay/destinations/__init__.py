@@ -5,8 +5,8 @@ A third API is one new module here plus a line in ``KINDS``.
 
 from __future__ import annotations
 
-from relay.destinations.base import Destination, HttpRequest
 from relay.destinations import datalook, servoki
+from relay.destinations.base import Destination, HttpRequest
 from relay.destinations.datalook import DataLook
 from relay.destinations.servoki import Servoki
 from relay.settings import DestinationConfig

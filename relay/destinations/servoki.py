@@ -99,7 +99,9 @@ class Servoki(Destination):
 
     def _occurred_at(self, body: dict[str, Any], now: datetime) -> None:
         value = body.get("occurred_at", MISSING)
-        expected = 'an aware datetime or an ISO 8601 string with offset such as "2026-06-12T10:00:00Z"'
+        expected = (
+            'an aware datetime or an ISO 8601 string with offset such as "2026-06-12T10:00:00Z"'
+        )
         if value is MISSING:
             # Stamped now: the event may wait in the queue, and "now" at delivery would be wrong.
             body["occurred_at"] = now.isoformat().replace("+00:00", "Z")
@@ -123,9 +125,13 @@ def _first_non_json(value: object, path: str = "") -> tuple[str, object] | None:
     if value is None or isinstance(value, str | bool | int):
         return None
     if isinstance(value, float):
-        return None if value == value and value not in (float("inf"), float("-inf")) else (
-            path or "value",
-            value,
+        return (
+            None
+            if value == value and value not in (float("inf"), float("-inf"))
+            else (
+                path or "value",
+                value,
+            )
         )
     if isinstance(value, list):
         for i, item in enumerate(value):

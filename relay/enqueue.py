@@ -1,0 +1,190 @@
+"""The web side: validate an event and push it onto the Redis queue in one write.
+
+Imports nothing heavy (no Celery, SQLAlchemy or httpx): this runs inside web request handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from relay.destinations import Destination, build_destinations
+from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
+from relay.keys import Keys
+from relay.settings import Settings, load_settings
+
+QUEUE_FORMAT = 1
+
+
+class Enqueuer:
+    """Validates events and writes them to the queue; one per process is enough."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.destinations: dict[str, Destination] = build_destinations(
+            settings.destination_configs()
+        )
+        self.keys = Keys(settings.namespace)
+        self.max_bytes = settings.max_event_bytes
+        self.redis_url = settings.resolved_redis_url
+        self._redis = redis.Redis.from_url(self.redis_url, **self._timeouts())
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _timeouts(self) -> dict[str, Any]:
+        timeout = self.settings.enqueue_timeout
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+
+    # -- encoding (shared by every path) ------------------------------------------------
+
+    def encode(
+        self, destination: str, payload: Mapping[str, Any], event_id: str | None = None
+    ) -> tuple[str, bytes]:
+        """Validate and stamp one event; return its id and the queue item's bytes."""
+        dest = self.destinations.get(destination)
+        if dest is None:
+            raise UnknownDestination(destination, list(self.destinations))
+        if not isinstance(payload, Mapping):
+            raise InvalidEvent(destination, "a JSON object (a dict of fields)", payload)
+        now = datetime.now(UTC)
+        event_id, body = dest.prepare(payload, event_id, now)
+        item = {"v": QUEUE_FORMAT, "d": destination, "id": event_id, "t": now.timestamp()}
+        item["p"] = body
+        try:
+            data = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(destination, "JSON-serializable fields", str(exc)) from None
+        encoded = data.encode()
+        if len(encoded) > self.max_bytes:
+            raise InvalidEvent(
+                destination,
+                f"at most {self.max_bytes} bytes once serialized (RELAY_MAX_EVENT_BYTES)",
+                f"{len(encoded)} bytes",
+            )
+        return event_id, encoded
+
+    def encode_many(
+        self, destination: str, payloads: Iterable[Mapping[str, Any]]
+    ) -> tuple[list[str], list[bytes]]:
+        ids: list[str] = []
+        items: list[bytes] = []
+        for index, payload in enumerate(payloads):
+            try:
+                event_id, item = self.encode(destination, payload)
+            except InvalidEvent as exc:
+                raise exc.at_index(index) from None
+            ids.append(event_id)
+            items.append(item)
+        return ids, items
+
+    # -- writing ------------------------------------------------------------------------
+
+    def push(self, items: list[bytes]) -> None:
+        """One RPUSH of every item; on failure, the outbox fallback or RelayUnavailable."""
+        if not items:
+            return
+        try:
+            self._redis.rpush(self.keys.queue, *items)
+        except redis.RedisError as exc:
+            self._fallback(items, exc)
+
+    async def apush(self, items: list[bytes]) -> None:
+        if not items:
+            return
+        try:
+            await self._async_client().rpush(self.keys.queue, *items)
+        except redis.RedisError as exc:
+            await asyncio.to_thread(self._fallback, items, exc)
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        # redis.asyncio connections belong to the loop that made them.
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            client = redis.asyncio.Redis.from_url(self.redis_url, **self._timeouts())
+            self._async[loop] = client
+        return client
+
+    def _fallback(self, items: list[bytes], exc: redis.RedisError) -> None:
+        from relay.fallback import write_to_outbox  # SQLAlchemy loads only when Redis fails
+
+        redis_cause = f"Redis at {_safe_url(self.redis_url)} failed: {type(exc).__name__}: {exc}"
+        try:
+            write_to_outbox(self.settings, items)
+        except RelayUnavailable as db_exc:
+            raise RelayUnavailable(f"{redis_cause}; and {db_exc}") from exc
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _safe_url(url: str) -> str:
+    """A URL without its password, fit for an error message."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+_default: Enqueuer | None = None
+_default_lock = threading.Lock()
+
+
+def configure(settings: Settings | None = None, **overrides: Any) -> Enqueuer:
+    """(Re)build the process's enqueuer from ``settings`` or the environment; return it."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+        _default = Enqueuer(settings or load_settings(**overrides))
+        return _default
+
+
+def default_enqueuer() -> Enqueuer:
+    """The process's enqueuer, built from the environment on first use."""
+    if _default is None:
+        return configure()
+    return _default
+
+
+def enqueue(destination: str, payload: Mapping[str, Any], *, event_id: str | None = None) -> str:
+    """Validate ``payload`` for ``destination`` and queue it in one Redis write.
+
+    Returns the event id (stamped when absent). Raises :class:`relay.InvalidEvent` naming the
+    field when the payload breaks the destination's schema (nothing is written), and
+    :class:`relay.RelayUnavailable` when neither Redis nor the outbox database takes the event.
+    """
+    client = default_enqueuer()
+    event_id, item = client.encode(destination, payload, event_id)
+    client.push([item])
+    return event_id
+
+
+def enqueue_many(destination: str, payloads: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Queue many events for one destination in one round trip; all or nothing.
+
+    An invalid item rejects the whole call with an :class:`relay.InvalidEvent` naming its index.
+    """
+    client = default_enqueuer()
+    ids, items = client.encode_many(destination, payloads)
+    client.push(items)
+    return ids
+
+
+async def aenqueue(
+    destination: str, payload: Mapping[str, Any], *, event_id: str | None = None
+) -> str:
+    """:func:`enqueue` for async handlers (redis.asyncio); same checks, same single write."""
+    client = default_enqueuer()
+    event_id, item = client.encode(destination, payload, event_id)
+    await client.apush([item])
+    return event_id

@@ -1,0 +1,260 @@
+"""The outbox: one row per (destination, event_id), the durable record of every event.
+
+Rows are claimed with a lease: claiming pushes ``next_attempt_at`` to the lease's end and sets
+a fresh ``lease_token``; every outcome is written with an update guarded by that token. A worker
+that dies mid-delivery leaves the row due again when the lease ends, and its late result cannot
+overwrite the outcome of the worker that claimed the row after it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from relay.schema import Status, outbox
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event drained from the queue, ready to be inserted."""
+
+    destination: str
+    event_id: str
+    payload: dict[str, Any]
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row this worker holds the lease on."""
+
+    id: int
+    destination: str
+    event_id: str
+    payload: dict[str, Any]
+    attempts: int
+    enqueued_at: datetime
+    lease_token: str
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Outbox:
+    """Reads and writes the outbox table through one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- drain side -----------------------------------------------------------------
+
+    def insert(self, events: Sequence[NewEvent]) -> int:
+        """Insert new events, skipping any (destination, event_id) already present.
+
+        Returns how many rows were inserted; the rest were duplicates. Commits.
+        """
+        if not events:
+            return 0
+        now = utcnow()
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for event in events:
+            rows.setdefault(
+                (event.destination, event.event_id),
+                {
+                    "destination": event.destination,
+                    "event_id": event.event_id,
+                    "payload": event.payload,
+                    "status": Status.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "enqueued_at": event.enqueued_at,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        statement = (
+            dialect_insert(outbox)
+            .on_conflict_do_nothing(index_elements=["destination", "event_id"])
+            .returning(outbox.c.id)
+        )
+        with self.engine.begin() as conn:
+            inserted = conn.execute(statement, list(rows.values())).all()
+        return len(inserted)
+
+    # -- dispatch side --------------------------------------------------------------
+
+    def claim_due(
+        self, limit: int, lease_seconds: float, destinations: Collection[str]
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due rows of ``destinations``, oldest due first.
+
+        Counts the attempt now, at claim time, so an event whose delivery kills the worker
+        every time still runs out of attempts instead of looping forever.
+        """
+        if not destinations or limit <= 0:
+            return []
+        now = utcnow()
+        token = uuid.uuid4().hex
+        due = (
+            select(outbox.c.id)
+            .where(
+                outbox.c.status == Status.PENDING.value,
+                outbox.c.next_attempt_at <= now,
+                outbox.c.destination.in_(list(destinations)),
+            )
+            .order_by(outbox.c.next_attempt_at)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            # Concurrent workers skip each other's rows instead of waiting on them.
+            due = due.with_for_update(skip_locked=True)
+        statement = (
+            update(outbox)
+            .where(outbox.c.id.in_(due.scalar_subquery()))
+            .values(
+                attempts=outbox.c.attempts + 1,
+                lease_token=token,
+                next_attempt_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(
+                outbox.c.id,
+                outbox.c.destination,
+                outbox.c.event_id,
+                outbox.c.payload,
+                outbox.c.attempts,
+                outbox.c.enqueued_at,
+            )
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(statement).all()
+        claims = [
+            Claim(
+                id=row.id,
+                destination=row.destination,
+                event_id=row.event_id,
+                payload=row.payload,
+                attempts=row.attempts,
+                enqueued_at=row.enqueued_at,
+                lease_token=token,
+            )
+            for row in rows
+        ]
+        claims.sort(key=lambda claim: claim.id)
+        return claims
+
+    def mark_delivered(self, claim: Claim, status: int) -> bool:
+        now = utcnow()
+        return self._finish(
+            claim,
+            status=Status.DELIVERED.value,
+            last_status=status,
+            last_error=None,
+            delivered_at=now,
+            updated_at=now,
+            lease_token=None,
+        )
+
+    def mark_dead(self, claim: Claim, status: int | None, detail: str) -> bool:
+        return self._finish(
+            claim,
+            status=Status.DEAD.value,
+            last_status=status,
+            last_error=detail,
+            updated_at=utcnow(),
+            lease_token=None,
+        )
+
+    def schedule_retry(
+        self,
+        claim: Claim,
+        status: int | None,
+        detail: str,
+        delay: float,
+        *,
+        refund_attempt: bool = False,
+    ) -> bool:
+        """Leave the row pending, due again after ``delay`` seconds."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "next_attempt_at": now + timedelta(seconds=delay),
+            "last_status": status,
+            "last_error": detail,
+            "updated_at": now,
+            "lease_token": None,
+        }
+        if refund_attempt:
+            values["attempts"] = outbox.c.attempts - 1
+        return self._finish(claim, **values)
+
+    def release(self, claim: Claim, delay: float) -> bool:
+        """Give a claimed row back untouched (attempt refunded), due after ``delay`` seconds."""
+        now = utcnow()
+        return self._finish(
+            claim,
+            attempts=outbox.c.attempts - 1,
+            next_attempt_at=now + timedelta(seconds=delay),
+            updated_at=now,
+            lease_token=None,
+        )
+
+    def _finish(self, claim: Claim, **values: Any) -> bool:
+        """Apply ``values`` only if this claim still holds the lease; say whether it did."""
+        statement = (
+            update(outbox)
+            .where(
+                outbox.c.id == claim.id,
+                outbox.c.lease_token == claim.lease_token,
+                outbox.c.status == Status.PENDING.value,
+            )
+            .values(**values)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    # -- reading --------------------------------------------------------------------
+
+    def next_due_at(self, destinations: Collection[str]) -> datetime | None:
+        """When the earliest pending row of ``destinations`` becomes due, if any is pending."""
+        statement = select(func.min(outbox.c.next_attempt_at)).where(
+            outbox.c.status == Status.PENDING.value,
+            outbox.c.destination.in_(list(destinations)),
+        )
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.execute(statement).scalar()
+        return value
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Row counts by destination and status."""
+        statement = select(outbox.c.destination, outbox.c.status, func.count()).group_by(
+            outbox.c.destination, outbox.c.status
+        )
+        result: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for destination, status, count in conn.execute(statement):
+                result.setdefault(destination, {})[status] = count
+        return result
+
+    def dead_reasons(self) -> dict[str, dict[str, int]]:
+        """Dead rows by destination and reason (HTTP status, or the error's first word)."""
+        statement = (
+            select(outbox.c.destination, outbox.c.last_status, outbox.c.last_error, func.count())
+            .where(outbox.c.status == Status.DEAD.value)
+            .group_by(outbox.c.destination, outbox.c.last_status, outbox.c.last_error)
+        )
+        result: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for destination, status, error, count in conn.execute(statement):
+                reason = f"HTTP {status}" if status else (error or "unknown").split(":")[0]
+                bucket = result.setdefault(destination, {})
+                bucket[reason] = bucket.get(reason, 0) + count
+        return result

@@ -1,0 +1,87 @@
+"""Paused destinations, shared by every worker through Redis.
+
+A 401/403 pauses a destination: its events stay pending, none is marked dead. While paused, one
+worker at a time may send a single probe event when the probe interval has passed; the interval
+doubles after every refused probe. A delivered probe (or ``relay destinations resume``) resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+
+from relay.keys import Keys
+
+log = logging.getLogger("relay.pauses")
+
+
+class Pauses:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        probe_seconds: float = 30.0,
+        probe_cap: float = 3600.0,
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.probe_seconds = probe_seconds
+        self.probe_cap = probe_cap
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Paused destinations → their record (reason, since, probe_at, interval, status)."""
+        raw = self.redis.hgetall(self.keys.paused)
+        return {_text(name): json.loads(value) for name, value in raw.items()}
+
+    def pause(
+        self,
+        name: str,
+        reason: str,
+        status: int | None = None,
+        *,
+        by: str = "relay",
+        probe: bool = False,
+    ) -> None:
+        """Pause ``name``; a refused ``probe`` doubles the wait before the next probe."""
+        current = self.all().get(name)
+        if current is not None and not probe and by == "relay":
+            return  # another request of the same round was refused: already paused
+        interval = self.probe_seconds
+        if current is not None:
+            interval = min(self.probe_cap, float(current.get("interval", interval)) * 2)
+        record = {
+            "reason": reason,
+            "status": status,
+            "by": by,
+            "since": current["since"] if current else time.time(),
+            "interval": interval,
+            "probe_at": time.time() + interval if by == "relay" else None,
+        }
+        self.redis.hset(self.keys.paused, name, json.dumps(record))
+        if current is None:
+            log.error("destination %s paused: %s", name, reason)
+
+    def resume(self, name: str) -> bool:
+        """Resume ``name``; False if it was not paused."""
+        resumed = bool(self.redis.hdel(self.keys.paused, name))
+        if resumed:
+            log.warning("destination %s resumed", name)
+        return resumed
+
+    def take_probe(self, name: str, record: dict[str, Any]) -> bool:
+        """Whether this worker may send one probe event to paused ``name`` now."""
+        probe_at = record.get("probe_at")
+        if probe_at is None or time.time() < probe_at:
+            return False
+        # One prober per interval across all workers.
+        lock = f"{self.keys.paused}:probe:{name}"
+        return bool(self.redis.set(lock, "1", nx=True, ex=max(1, int(record["interval"]))))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,186 @@
+"""The Redis side of the worker: take batches off the queue safely, reap dead consumers.
+
+A batch moves atomically (Lua) from the queue into this consumer's processing list, guarded by
+a heartbeat key. The list is deleted only after the outbox commit; if the worker dies first,
+the reaper returns the list to the queue once the heartbeat expires, and the outbox's unique
+key makes the second insert a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+import redis
+
+from relay.keys import Keys
+from relay.outbox import NewEvent
+
+log = logging.getLogger("relay.queue")
+
+
+def _script(name: str) -> str:
+    return files("relay").joinpath("lua", name).read_text()
+
+
+def consumer_id() -> str:
+    """A consumer id unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Batch:
+    """Items taken from the queue: parsed events and the raw items that could not be parsed."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    poison: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.poison)
+
+
+def parse_items(raw: list[bytes], known: frozenset[str], max_bytes: int) -> Batch:
+    """Parse queue items; the ones that cannot become an outbox row go to ``poison``."""
+    batch = Batch()
+    for item in raw:
+        try:
+            batch.events.append(_parse_one(item, known, max_bytes))
+        except ValueError as exc:
+            batch.poison.append((item, str(exc)))
+    return batch
+
+
+def _parse_one(item: bytes, known: frozenset[str], max_bytes: int) -> NewEvent:
+    if len(item) > max_bytes:
+        raise ValueError(f"item of {len(item)} bytes is over the {max_bytes} byte limit")
+    try:
+        data: Any = json.loads(item)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a queue item object")
+    destination, event_id, payload, stamp = (data.get(k) for k in ("d", "id", "p", "t"))
+    if not isinstance(destination, str) or destination not in known:
+        raise ValueError(f"unknown destination {destination!r}: not configured on this worker")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 200:
+        raise ValueError(f"bad event id {event_id!r}")
+    if not isinstance(payload, dict):
+        raise ValueError("payload is not an object")
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+        stamp = time.time()
+    return NewEvent(destination, event_id, payload, datetime.fromtimestamp(stamp, UTC))
+
+
+class Queue:
+    """One consumer's view of the relay's Redis queue."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        consumer: str | None = None,
+        heartbeat_seconds: float = 30.0,
+        known_destinations: frozenset[str] = frozenset(),
+        max_item_bytes: int = 32 * 1024,
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.consumer = consumer or consumer_id()
+        self.heartbeat_ms = int(heartbeat_seconds * 1000)
+        self.known = known_destinations
+        # The limit is on the whole item; enqueue() checks the same, so only foreign or
+        # hand-made items ever exceed it.
+        self.max_item_bytes = max_item_bytes
+        self._take = client.register_script(_script("take_batch.lua"))
+        self._reap = client.register_script(_script("reap.lua"))
+
+    @property
+    def processing(self) -> str:
+        return self.keys.processing(self.consumer)
+
+    def beat(self) -> None:
+        """Refresh this consumer's heartbeat."""
+        self.redis.set(self.keys.heartbeat(self.consumer), "1", px=self.heartbeat_ms)
+
+    def take(self, batch_size: int, wait: float = 0.0) -> Batch:
+        """Take up to ``batch_size`` items into the processing list and parse them.
+
+        With ``wait`` > 0 and an empty queue, block up to ``wait`` seconds for the first item,
+        so an event enqueued on an idle relay is picked up at once.
+        """
+        raw = self._take_raw(batch_size)
+        if not raw and wait > 0:
+            # The heartbeat must outlive the block, or the reaper could take the moved item.
+            self.redis.set(
+                self.keys.heartbeat(self.consumer),
+                "1",
+                px=max(self.heartbeat_ms, int(wait * 1000) + 5000),
+            )
+            self.redis.sadd(self.keys.consumers, self.consumer)
+            timeout: Any = wait  # redis-py types it int; Redis takes fractional seconds
+            if self.redis.blmove(self.keys.queue, self.processing, timeout, "LEFT", "RIGHT"):
+                raw = self._take_raw(batch_size)
+        return self.parse(raw)
+
+    def _take_raw(self, batch_size: int) -> list[bytes]:
+        keys = [self.keys.queue, self.processing, self.keys.heartbeat(self.consumer)]
+        keys.append(self.keys.consumers)
+        result = self._take(keys=keys, args=[batch_size, self.heartbeat_ms, self.consumer])
+        return list(result)
+
+    def parse(self, raw: list[bytes]) -> Batch:
+        return parse_items(raw, self.known, self.max_item_bytes)
+
+    def quarantine(self, poison: list[tuple[bytes, str]]) -> None:
+        """Keep unparseable items, with the reason, where an operator can see them."""
+        if not poison:
+            return
+        entries = [
+            json.dumps(
+                {
+                    "reason": reason,
+                    "item": item.decode("utf-8", "replace"),
+                    "at": time.time(),
+                    "consumer": self.consumer,
+                }
+            )
+            for item, reason in poison
+        ]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(self.keys.quarantine, *entries)
+        pipe.incrby(self.keys.quarantined_total, len(entries))
+        pipe.execute()
+        for _, reason in poison:
+            log.error("quarantined a queue item that cannot be delivered: %s", reason)
+
+    def ack(self) -> None:
+        """Drop the processing list: its items are committed to the outbox (or quarantined)."""
+        self.redis.delete(self.processing)
+
+    def reap(self) -> int:
+        """Return batches of consumers whose heartbeat expired to the queue; how many items."""
+        returned = int(
+            self._reap(keys=[self.keys.queue, self.keys.consumers], args=[self.keys.tag + ":"])
+        )
+        if returned:
+            log.warning("returned %d items of dead consumers to the queue", returned)
+        return returned
+
+    def leave(self) -> None:
+        """On a clean exit: this consumer owns nothing any more."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.heartbeat(self.consumer))
+        pipe.srem(self.keys.consumers, self.consumer)
+        pipe.execute()
+
+    def length(self) -> int:
+        return int(self.redis.llen(self.keys.queue))

@@ -1,0 +1,213 @@
+"""The worker: drain the queue into the outbox and deliver due rows, in one process.
+
+``Worker.pump`` is what the Celery task runs; ``Worker.flush`` is ``relay flush``: drain and
+deliver until nothing is due, then stop. Both call the same ``drain`` and ``dispatch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from relay import embedded
+from relay.db import make_engine, safe_url
+from relay.delivery import Dispatcher, DispatchReport, make_http_client
+from relay.destinations import build_destinations
+from relay.errors import ConfigError
+from relay.keys import Keys
+from relay.limiter import Limiter, Unlimited
+from relay.migrate import is_current, upgrade
+from relay.outbox import Outbox, utcnow
+from relay.pauses import Pauses
+from relay.queue import Queue
+from relay.retry import RetryPolicy
+from relay.settings import Settings
+
+log = logging.getLogger("relay.worker")
+
+
+@dataclass
+class DrainReport:
+    taken: int = 0
+    inserted: int = 0
+    quarantined: int = 0
+
+    @property
+    def duplicates(self) -> int:
+        return self.taken - self.inserted - self.quarantined
+
+
+@dataclass
+class FlushReport:
+    """Everything one flush did, and what it left behind."""
+
+    drained: DrainReport = field(default_factory=DrainReport)
+    dispatched: DispatchReport = field(default_factory=DispatchReport)
+    paused: dict[str, str] = field(default_factory=dict)
+    pending_left: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 all delivered; 1 something ended dead; 2 a destination is paused; 3 left pending."""
+        if self.dispatched.dead:
+            return 1
+        if self.paused:
+            return 2
+        if self.pending_left:
+            return 3
+        return 0
+
+
+class Worker:
+    """Owns the connections one worker process needs; build it after any fork."""
+
+    def __init__(self, settings: Settings, *, limiter: Limiter | None = None) -> None:
+        self.settings = settings
+        self.destinations = build_destinations(settings.destination_configs())
+        if settings.embedded_redis:
+            embedded.ensure_running(settings.home)
+        self.keys = Keys(settings.namespace)
+        self.redis = redis.Redis.from_url(
+            settings.resolved_redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+        )
+        self.engine = make_engine(settings.resolved_database_url)
+        self.ensure_schema()
+        self.outbox = Outbox(self.engine)
+        self.queue = Queue(
+            self.redis,
+            self.keys,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            known_destinations=frozenset(self.destinations),
+            max_item_bytes=settings.max_event_bytes,
+        )
+        self.pauses = Pauses(self.redis, self.keys, probe_seconds=settings.pause_probe_seconds)
+        self.http = make_http_client(settings.connect_timeout, settings.read_timeout)
+        self.dispatcher = Dispatcher(
+            self.outbox,
+            self.destinations,
+            self.http,
+            self.pauses,
+            limiter or Unlimited(),
+            RetryPolicy(
+                base=settings.backoff_base,
+                cap=settings.backoff_cap,
+                max_attempts=settings.max_attempts,
+                max_age=settings.max_age_seconds,
+                retry_after_cap=settings.retry_after_cap,
+            ),
+            lease_seconds=settings.lease_seconds,
+            concurrency=settings.send_concurrency,
+        )
+        self.stopping = threading.Event()
+
+    def ensure_schema(self) -> None:
+        """Embedded SQLite is migrated on the spot; any other database must be upgraded first."""
+        if is_current(self.engine):
+            return
+        if self.settings.database_url is None:
+            upgrade(self.engine)
+            return
+        raise ConfigError(
+            f"the outbox at {safe_url(self.settings.resolved_database_url)} is not at the "
+            "newest schema: run `relay db upgrade` first"
+        )
+
+    # -- the two steps ------------------------------------------------------------------
+
+    def drain(self, wait: float = 0.0) -> DrainReport:
+        """Move one batch from Redis into the outbox (deduplicated); quarantine poison items."""
+        batch = self.queue.take(self.settings.batch_size, wait=wait)
+        report = DrainReport(taken=len(batch))
+        if not batch:
+            return report
+        report.inserted = self.outbox.insert(batch.events)
+        self.queue.quarantine(batch.poison)
+        report.quarantined = len(batch.poison)
+        # Crash here (after the commit, before this delete): the reaper puts the batch back
+        # and the outbox's unique key turns the second insert into a no-op.
+        self.queue.ack()
+        if report.taken:
+            log.info(
+                "drained %d items: %d new, %d duplicates, %d quarantined",
+                report.taken,
+                report.inserted,
+                report.duplicates,
+                report.quarantined,
+            )
+        return report
+
+    def dispatch(self) -> DispatchReport:
+        """Deliver one round of due rows."""
+        return self.dispatcher.dispatch_due(self.settings.dispatch_batch)
+
+    # -- loops --------------------------------------------------------------------------
+
+    def pump(self, seconds: float, idle_wait: float = 0.5) -> DispatchReport:
+        """Drain and deliver for ``seconds``, waking at once when an event arrives."""
+        total = DispatchReport()
+        deadline = time.monotonic() + seconds
+        next_reap = 0.0
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            try:
+                if time.monotonic() >= next_reap:
+                    self.queue.reap()
+                    self.redis.hset(self.keys.workers, self.queue.consumer, time.time())
+                    next_reap = time.monotonic() + self.settings.heartbeat_seconds / 3
+                drained = self.drain()
+                round_ = self.dispatch()
+                total.add(round_)
+                if not drained.taken and not round_.claimed:
+                    remaining = deadline - time.monotonic()
+                    self.drain(wait=max(0.0, min(idle_wait, remaining)))
+            except (redis.RedisError, SQLAlchemyError) as exc:
+                # Redis or the database restarting: the work stays where it is; try again.
+                log.warning("worker step failed, retrying in 1s: %s: %s", type(exc).__name__, exc)
+                self.stopping.wait(1.0)
+        return total
+
+    def flush(self, max_wait: float = 60.0) -> FlushReport:
+        """Drain and deliver until nothing is due; wait up to ``max_wait`` s for retries."""
+        report = FlushReport()
+        self.queue.reap()
+        while not self.stopping.is_set():
+            drained = self.drain()
+            report.drained.taken += drained.taken
+            report.drained.inserted += drained.inserted
+            report.drained.quarantined += drained.quarantined
+            round_ = self.dispatch()
+            report.dispatched.add(round_)
+            if drained.taken or round_.claimed:
+                continue
+            active = [name for name in self.destinations if name not in self.pauses.all()]
+            next_due = self.outbox.next_due_at(active) if active else None
+            if next_due is None:
+                break
+            wait = (next_due - utcnow()).total_seconds()
+            if wait > max_wait:
+                break
+            self.stopping.wait(max(0.0, min(wait, 1.0)) + 0.01)
+        report.paused = {name: rec["reason"] for name, rec in self.pauses.all().items()}
+        counts = self.outbox.counts()
+        report.pending_left = sum(c.get("pending", 0) for c in counts.values())
+        return report
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.dispatcher.close()
+        self.http.close()
+        try:
+            if not self.redis.llen(self.queue.processing):
+                self.queue.leave()
+            self.redis.hdel(self.keys.workers, self.queue.consumer)
+        except redis.RedisError as exc:
+            log.warning("could not deregister consumer on close: %s", exc)
+        self.redis.close()
+        self.engine.dispose()
