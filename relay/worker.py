@@ -109,10 +109,10 @@ class Worker:
         self.stopping = threading.Event()
 
     def ensure_schema(self) -> None:
-        """Embedded SQLite is migrated on the spot; any other database must be upgraded first."""
+        """SQLite (embedded) is migrated on the spot; PostgreSQL must be upgraded first."""
         if is_current(self.engine):
             return
-        if self.settings.database_url is None:
+        if self.engine.dialect.name == "sqlite":
             upgrade(self.engine)
             return
         raise ConfigError(

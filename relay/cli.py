@@ -1,0 +1,157 @@
+"""The ``relay`` command: nouns and verbs over the queue, the outbox and the worker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from relay import __version__
+from relay.errors import RelayError
+from relay.settings import Settings, load_settings
+
+
+class RelayGroup(click.Group):
+    """Turns relay errors into one clear line and exit status 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RelayError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    """The settings, read once per command invocation."""
+    root = ctx.find_root()
+    if "settings" not in root.meta:
+        root.meta["settings"] = load_settings()
+    settings: Settings = root.meta["settings"]
+    return settings
+
+
+@click.group(cls=RelayGroup)
+@click.version_option(__version__, prog_name="relay")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Queue-backed event relay for Servoki and DataLook."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.group()
+def db() -> None:
+    """The outbox database."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or migrate the outbox table to the newest schema."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from relay.db import make_engine, safe_url
+    from relay.migrate import upgrade
+
+    settings = settings_from(ctx)
+    url = settings.resolved_database_url
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(
+            f"could not migrate the outbox at {safe_url(url)}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    finally:
+        engine.dispose()
+    click.echo(f"outbox at {safe_url(url)} is at the newest schema")
+
+
+@main.command()
+@click.option(
+    "--max-wait",
+    default=60.0,
+    show_default=True,
+    help="Wait at most this many seconds for scheduled retries before giving up.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def flush(ctx: click.Context, max_wait: float, as_json: bool) -> None:
+    """Drain the queue and deliver until nothing is due, then exit.
+
+    Exit status: 0 all delivered; 1 some events ended dead; 2 a destination is paused;
+    3 events are still pending (retries scheduled beyond --max-wait).
+    """
+    from relay.worker import Worker
+
+    worker = Worker(settings_from(ctx))
+    try:
+        report = worker.flush(max_wait=max_wait)
+    finally:
+        worker.close()
+    summary = {
+        "drained": report.drained.taken,
+        "new": report.drained.inserted,
+        "duplicates": report.drained.duplicates,
+        "quarantined": report.drained.quarantined,
+        "delivered": report.dispatched.delivered,
+        "retried": report.dispatched.retried,
+        "dead": report.dispatched.dead,
+        "paused": report.paused,
+        "pending_left": report.pending_left,
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(", ".join(f"{k} {v}" for k, v in summary.items() if k != "paused"))
+    if report.dispatched.dead:
+        click.secho(
+            f"{report.dispatched.dead} event(s) ended dead: see the outbox rows with status "
+            "'dead' for the API's response",
+            fg="red",
+            err=True,
+        )
+    for name, reason in report.paused.items():
+        click.secho(
+            f"destination {name} is paused ({reason}): fix its key; it resumes by itself "
+            "once a probe is accepted",
+            fg="yellow",
+            err=True,
+        )
+    if report.pending_left and not report.paused:
+        click.secho(
+            f"{report.pending_left} event(s) still pending with retries scheduled",
+            fg="yellow",
+            err=True,
+        )
+    sys.exit(report.exit_code)
+
+
+@main.group()
+def redis() -> None:
+    """The embedded Redis (used when RELAY_REDIS_URL is unset)."""
+
+
+@redis.command("start")
+@click.pass_context
+def redis_start(ctx: click.Context) -> None:
+    """Start the embedded redis-server under RELAY_HOME (default ./.relay)."""
+    from relay import embedded
+
+    socket = embedded.ensure_running(settings_from(ctx).home)
+    click.echo(f"embedded Redis is running on unix://{socket}")
+
+
+@redis.command("stop")
+@click.pass_context
+def redis_stop(ctx: click.Context) -> None:
+    """Stop the embedded redis-server (its AOF keeps the queue)."""
+    from relay import embedded
+
+    stopped = embedded.stop(settings_from(ctx).home)
+    click.echo("embedded Redis stopped" if stopped else "embedded Redis was not running")

@@ -1,0 +1,65 @@
+"""Celery app, settings and beat schedule; settings are read once, here, at the entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from relay import embedded
+from relay.settings import Settings, load_settings
+
+settings: Settings = load_settings()
+if settings.embedded_redis:
+    embedded.ensure_running(settings.home)
+
+
+def broker_url(settings: Settings) -> str:
+    """Celery's broker: the relay's own Redis (kombu spells unix sockets redis+socket://)."""
+    if settings.embedded_redis:
+        return f"redis+socket://{settings.redis_socket}"
+    return settings.resolved_redis_url
+
+
+app = Celery("relay", broker=broker_url(settings), include=["tasks.jobs"])
+app.conf.update(
+    # A message is acknowledged after its task ran, and one process holds one message: a killed
+    # worker's wake-up is redelivered instead of lost (harmless either way, see the module doc).
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    task_default_queue=f"{settings.namespace}.wakeups",
+    broker_connection_retry_on_startup=True,
+    # The broker redelivers an unacked message after this long; a pump lasts far less.
+    broker_transport_options={"visibility_timeout": 3600},
+    worker_hijack_root_logger=False,
+    # No ETA/countdown tasks anywhere: retry times live in the outbox, not in the broker.
+    beat_schedule={
+        "pump": {
+            "task": "relay.pump",
+            "schedule": 1.0,
+            # Wake-ups that waited longer than this are stale; a newer one is behind them.
+            "options": {"expires": 5.0},
+        },
+        "reap": {"task": "relay.reap", "schedule": 30.0, "options": {"expires": 30.0}},
+    },
+    beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
+    timezone="UTC",
+)
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # Connections made before the fork belong to the parent: each child builds its own.
+    from tasks import jobs
+
+    jobs.reset_worker()
+
+
+@worker_process_shutdown.connect
+def _on_child_exit(**_: Any) -> None:
+    from tasks import jobs
+
+    jobs.close_worker()

