@@ -132,7 +132,7 @@ class Dispatcher:
         """
         destination = self.destinations[claim.destination]
         self.limiter.acquire(destination.limit_scopes())
-        outcome = self.send(destination, claim)
+        outcome = self.settle(claim, self.send(destination, claim))
         return outcome, self.record(claim, outcome, probe=probe)
 
     def send(self, destination: Destination, claim: Claim) -> Outcome:
@@ -168,25 +168,13 @@ class Dispatcher:
             recorded = self.outbox.release(claim, self.pauses.probe_seconds)
             log.error("paused %s status=%s: key refused; rotate it, then resume", where, status)
         else:
-            recorded = self._retry_or_dead(claim, outcome, where)
+            recorded = self._retry(claim, outcome, where)
         if not recorded:
             log.warning("lease lost for %s: a newer claim owns the row; result dropped", where)
         return recorded
 
-    def _retry_or_dead(self, claim: Claim, outcome: Outcome, where: str) -> bool:
-        # A 429 means the budget was wrong, not the event: it does not use up an attempt.
-        attempts = claim.attempts - 1 if outcome.throttled else claim.attempts
-        reason = self.policy.exhausted(attempts, claim.enqueued_at, utcnow())
-        if reason is not None:
-            log.error(
-                "dead %s status=%s: %s; last error: %s",
-                where,
-                outcome.status,
-                reason,
-                truncate(outcome.detail, 200),
-            )
-            return self.outbox.mark_dead(claim, outcome.status, f"{reason}; last: {outcome.detail}")
-        delay = self.policy.delay(attempts, outcome.retry_after)
+    def _retry(self, claim: Claim, outcome: Outcome, where: str) -> bool:
+        delay = self.policy.delay(self._attempts_used(claim, outcome), outcome.retry_after)
         log.warning(
             "retry %s status=%s in %.1fs: %s",
             where,
@@ -197,6 +185,22 @@ class Dispatcher:
         return self.outbox.schedule_retry(
             claim, outcome.status, outcome.detail, delay, refund_attempt=outcome.throttled
         )
+
+    def settle(self, claim: Claim, outcome: Outcome) -> Outcome:
+        """A retry the policy no longer allows becomes dead, with the reason and last error."""
+        if outcome.verdict is not Verdict.RETRY:
+            return outcome
+        reason = self.policy.exhausted(
+            self._attempts_used(claim, outcome), claim.enqueued_at, utcnow()
+        )
+        if reason is None:
+            return outcome
+        return Outcome.dead(outcome.status, f"{reason}; last: {outcome.detail}")
+
+    @staticmethod
+    def _attempts_used(claim: Claim, outcome: Outcome) -> int:
+        # A 429 means the budget was wrong, not the event: it does not use up an attempt.
+        return claim.attempts - 1 if outcome.throttled else claim.attempts
 
     def close(self) -> None:
         if self._pool is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -123,8 +124,16 @@ class Enqueuer:
         except RelayUnavailable as db_exc:
             raise RelayUnavailable(f"{redis_cause}; and {db_exc}") from exc
 
+    async def aclose(self) -> None:
+        """Close the async connections of the running event loop (at app shutdown)."""
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
     def close(self) -> None:
         self._redis.close()
+        if "relay.fallback" in sys.modules:
+            sys.modules["relay.fallback"].dispose_engines()
 
 
 def _safe_url(url: str) -> str:

@@ -25,6 +25,14 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
+def dispose_engines() -> None:
+    """Close the fallback's pooled connections (on Enqueuer.close)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
 def write_to_outbox(settings: Settings, items: list[bytes]) -> None:
     """Insert queue items into the outbox; raise RelayUnavailable naming the database's failure."""
     url = settings.resolved_database_url

@@ -48,23 +48,25 @@ class Pauses:
         probe: bool = False,
     ) -> None:
         """Pause ``name``; a refused ``probe`` doubles the wait before the next probe."""
-        current = self.all().get(name)
-        if current is not None and not probe and by == "relay":
-            return  # another request of the same round was refused: already paused
+        current = self.all().get(name) if probe else None
         interval = self.probe_seconds
         if current is not None:
             interval = min(self.probe_cap, float(current.get("interval", interval)) * 2)
-        record = {
-            "reason": reason,
-            "status": status,
-            "by": by,
-            "since": current["since"] if current else time.time(),
-            "interval": interval,
-            "probe_at": time.time() + interval if by == "relay" else None,
-        }
-        self.redis.hset(self.keys.paused, name, json.dumps(record))
-        if current is None:
+        record = json.dumps(
+            {
+                "reason": reason,
+                "status": status,
+                "by": by,
+                "since": current["since"] if current else time.time(),
+                "interval": interval,
+                "probe_at": time.time() + interval if by == "relay" else None,
+            }
+        )
+        if current is not None or by != "relay":
+            self.redis.hset(self.keys.paused, name, record)
+        elif self.redis.hsetnx(self.keys.paused, name, record):
             log.error("destination %s paused: %s", name, reason)
+        # else: another request of the same round was refused first; it is paused already.
 
     def resume(self, name: str) -> bool:
         """Resume ``name``; False if it was not paused."""

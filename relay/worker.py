@@ -186,18 +186,28 @@ class Worker:
             report.dispatched.add(round_)
             if drained.taken or round_.claimed:
                 continue
-            active = [name for name in self.destinations if name not in self.pauses.all()]
-            next_due = self.outbox.next_due_at(active) if active else None
-            if next_due is None:
-                break
-            wait = (next_due - utcnow()).total_seconds()
-            if wait > max_wait:
+            wait = self._seconds_until_work()
+            if wait is None or wait > max_wait:
                 break
             self.stopping.wait(max(0.0, min(wait, 1.0)) + 0.01)
         report.paused = {name: rec["reason"] for name, rec in self.pauses.all().items()}
         counts = self.outbox.counts()
         report.pending_left = sum(c.get("pending", 0) for c in counts.values())
         return report
+
+    def _seconds_until_work(self) -> float | None:
+        """Seconds until a pending row becomes due or a paused destination may be probed."""
+        paused = self.pauses.all()
+        active = [name for name in self.destinations if name not in paused]
+        waits: list[float] = []
+        next_due = self.outbox.next_due_at(active) if active else None
+        if next_due is not None:
+            waits.append((next_due - utcnow()).total_seconds())
+        probing = [name for name, record in paused.items() if record.get("probe_at")]
+        if probing and self.outbox.next_due_at(probing) is not None:
+            now = time.time()
+            waits += [paused[name]["probe_at"] - now for name in probing]
+        return min(waits) if waits else None
 
     def close(self) -> None:
         self.stopping.set()

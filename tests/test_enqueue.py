@@ -55,7 +55,9 @@ def test_enqueue_writes_one_item(enqueuer: Enqueuer) -> None:
 
 def test_enqueue_many_is_one_round_trip(enqueuer: Enqueuer) -> None:
     before = rpush_calls(enqueuer._redis)
-    ids = relay.enqueue_many("datalook", [{"event_name": "click", "page_path": f"/{i}"} for i in range(50)])
+    ids = relay.enqueue_many(
+        "datalook", [{"event_name": "click", "page_path": f"/{i}"} for i in range(50)]
+    )
     assert rpush_calls(enqueuer._redis) == before + 1
     assert [item["id"] for item in queued(enqueuer)] == ids
     assert len(set(ids)) == 50
@@ -72,10 +74,12 @@ def test_invalid_event_writes_nothing(enqueuer: Enqueuer) -> None:
 
 def test_aenqueue(enqueuer: Enqueuer) -> None:
     async def handler() -> list[str]:
-        return [
+        ids = [
             await relay.aenqueue("servoki", {"event_type": "signup"}, event_id="u-1"),
             await relay.aenqueue("datalook", {"event_name": "pageview", "page_path": "/"}),
         ]
+        await enqueuer.aclose()
+        return ids
 
     ids = asyncio.run(handler())
     assert ids[0] == "u-1"
@@ -93,7 +97,9 @@ def test_import_and_enqueue_load_no_celery_sqlalchemy_or_httpx(redis_url: str) -
         print(",".join(heavy) or "none")
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "none"
 
 
@@ -144,14 +150,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], N
     return lambda: None
 
 
-def test_malformed_keys_are_named_not_shown(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_keys_are_named_not_shown(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     message = settings_error(monkeypatch, RELAY_SERVOKI_API_KEY="sk_testkey0123456789")
-    assert message.startswith("RELAY_SERVOKI_API_KEY does not look like a servoki key (expected servoki_<key>)")
+    assert message.startswith(
+        "RELAY_SERVOKI_API_KEY does not look like a servoki key (expected servoki_<key>)"
+    )
     monkeypatch.delenv("RELAY_SERVOKI_API_KEY")
     message = settings_error(
         monkeypatch, RELAY_DATALOOK_API_KEY="dl_test_s3cr3tvalue", RELAY_DATALOOK_URL="https://x.io"
     )
-    assert "RELAY_DATALOOK_API_KEY does not look like a datalook key (expected dl_live_<key_id>_<secret>)" in message
+    assert (
+        "RELAY_DATALOOK_API_KEY does not look like a datalook key (expected dl_live_<key_id>_<secret>)"
+        in message
+    )
 
 
 def test_datalook_url_is_required(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +173,9 @@ def test_datalook_url_is_required(clean_env: None, monkeypatch: pytest.MonkeyPat
 
 
 def test_bad_url_and_bad_number(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    message = settings_error(monkeypatch, RELAY_SERVOKI_API_KEY=SERVOKI_KEY, RELAY_SERVOKI_URL="servoki.com")
+    message = settings_error(
+        monkeypatch, RELAY_SERVOKI_API_KEY=SERVOKI_KEY, RELAY_SERVOKI_URL="servoki.com"
+    )
     assert "RELAY_SERVOKI_URL must be an http(s) URL" in message
     monkeypatch.setenv("RELAY_SERVOKI_URL", "https://servoki.com")
     assert "RELAY_BATCH_SIZE" in settings_error(monkeypatch, RELAY_BATCH_SIZE="lots")
@@ -176,7 +191,9 @@ def test_keys_never_in_repr(clean_env: None, monkeypatch: pytest.MonkeyPatch) ->
         assert secret not in shown
 
 
-def test_named_destinations_from_toml(clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> None:
+def test_named_destinations_from_toml(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str
+) -> None:
     secret_file = tmp_path / "eu.key"
     secret_file.write_text("dl_live_eukey_s3cr3tvalue\n")
     config = tmp_path / "relay.toml"
@@ -218,10 +235,14 @@ def test_toml_errors(clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("RELAY_CONFIG", str(config))
     assert "which does not exist" in settings_error(monkeypatch)
     config.write_text('[destinations.x]\nkind = "datalook"\nurl = "https://x.io"\n')
-    assert "[destinations.x] in RELAY_CONFIG needs api_key_env or api_key_file" in settings_error(monkeypatch)
+    assert "[destinations.x] in RELAY_CONFIG needs api_key_env or api_key_file" in settings_error(
+        monkeypatch
+    )
     config.write_text('[destinations.x]\nkind = "datalook"\napi_key_env = "NOPE_KEY"\n')
     assert 'needs url = "https://…"' in settings_error(monkeypatch)
-    config.write_text('[destinations.x]\nkind = "datalook"\nurl = "https://x.io"\napi_key_env = "NOPE_KEY"\n')
+    config.write_text(
+        '[destinations.x]\nkind = "datalook"\nurl = "https://x.io"\napi_key_env = "NOPE_KEY"\n'
+    )
     assert "reads its key from $NOPE_KEY, which is not set" in settings_error(monkeypatch)
     config.write_text("[destinations.x\n")
     assert "is not valid TOML" in settings_error(monkeypatch)

@@ -1,0 +1,173 @@
+"""Body rules of both documented APIs, as pure functions over decoded JSON.
+
+Each failure raises :class:`InvalidBody` whose message names the field and what was wrong, so a
+400 from the sandbox tells the relay's author exactly which rule a payload broke.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime
+from typing import Any, Final
+
+from relay.destinations.iso4217 import CURRENCY_CODES as ISO_4217_CODES
+
+SERVOKI_FIELDS: Final = frozenset(
+    {
+        "site",
+        "event_type",
+        "vid",
+        "value",
+        "currency",
+        "event_id",
+        "occurred_at",
+        "props",
+        "consent",
+    }
+)
+DATALOOK_FIELDS: Final = frozenset(
+    {"event_name", "page_path", "name", "success_user_id", "success_value", "properties"}
+)
+DATALOOK_EVENT_NAMES: Final = frozenset({"pageview", "click", "success", "custom"})
+PII_MARKERS: Final = ("email", "phone", "password", "ssn")
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+_DIGITS_RE = re.compile(r"^[0-9]+$")
+
+
+class InvalidBody(ValueError):
+    """The request body breaks a documented rule; ``field`` names the culprit (or ``body``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity by default; neither API does.
+    raise InvalidBody("body", f"body is not valid JSON: {name} is not allowed")
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidBody("body", f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidBody("body", f"body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidBody(unknown[0], f"unknown field(s): {', '.join(unknown)}")
+
+
+def _optional_string(body: dict[str, Any], name: str, *, non_empty: bool = False) -> None:
+    if name not in body:
+        return
+    value = body[name]
+    if not isinstance(value, str) or (non_empty and not value):
+        kind = "a non-empty string" if non_empty else "a string"
+        raise InvalidBody(name, f"{name} must be {kind}, got {value!r}")
+
+
+def servoki_site(body: dict[str, Any]) -> str:
+    """Validate a Servoki body and return its site, normalised for lookup."""
+    _reject_unknown(body, SERVOKI_FIELDS)
+    if "site" not in body:
+        raise InvalidBody("site", "site is required (your domain or numeric site code)")
+    site = body["site"]
+    if isinstance(site, int) and not isinstance(site, bool) and site >= 0:
+        normalised = str(site)
+    elif isinstance(site, str) and (
+        _DIGITS_RE.match(site.strip()) or _DOMAIN_RE.match(site.strip().lower())
+    ):
+        normalised = site.strip().lower()
+    else:
+        raise InvalidBody("site", f"site must be a domain or numeric site code, got {site!r}")
+    if "event_type" not in body:
+        raise InvalidBody("event_type", 'event_type is required, e.g. "purchase"')
+    _optional_string(body, "event_type", non_empty=True)
+    _optional_string(body, "vid")
+    _optional_string(body, "event_id", non_empty=True)
+    if "value" in body and not _is_number(body["value"]):
+        raise InvalidBody("value", f"value must be a finite number, got {body['value']!r}")
+    if "currency" in body:
+        currency = body["currency"]
+        if not isinstance(currency, str) or currency not in ISO_4217_CODES:
+            raise InvalidBody(
+                "currency",
+                f'currency must be a 3-letter ISO 4217 code such as "EUR", got {currency!r}',
+            )
+    if "occurred_at" in body:
+        occurred_at = body["occurred_at"]
+        try:
+            if not isinstance(occurred_at, str):
+                raise TypeError
+            datetime.fromisoformat(occurred_at)
+        except (TypeError, ValueError):
+            raise InvalidBody(
+                "occurred_at",
+                f'occurred_at must be an ISO 8601 timestamp such as "2026-06-12T10:00:00Z", '
+                f"got {occurred_at!r}",
+            ) from None
+    if "props" in body and not isinstance(body["props"], dict):
+        raise InvalidBody("props", f"props must be a JSON object, got {body['props']!r}")
+    if "consent" in body and not isinstance(body["consent"], bool):
+        raise InvalidBody("consent", f"consent must be true or false, got {body['consent']!r}")
+    return normalised
+
+
+def datalook_event(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Validate a DataLook body; return it as stored (PII keys stripped) and how many were."""
+    _reject_unknown(body, DATALOOK_FIELDS)
+    event_name = body.get("event_name")
+    if event_name not in DATALOOK_EVENT_NAMES:
+        choices = ", ".join(sorted(DATALOOK_EVENT_NAMES))
+        if "event_name" not in body:
+            raise InvalidBody("event_name", f"event_name is required, one of {choices}")
+        raise InvalidBody("event_name", f"event_name must be one of {choices}, got {event_name!r}")
+    if "page_path" not in body:
+        raise InvalidBody("page_path", 'page_path is required, e.g. "/checkout/success"')
+    _optional_string(body, "page_path", non_empty=True)
+    if event_name == "success" and "name" not in body:
+        raise InvalidBody(
+            "name", 'name (the success rule name) is required when event_name is "success"'
+        )
+    _optional_string(body, "name", non_empty=True)
+    _optional_string(body, "success_user_id")
+    if "success_value" in body and not _is_number(body["success_value"]):
+        raise InvalidBody(
+            "success_value", f"success_value must be a finite number, got {body['success_value']!r}"
+        )
+    if "properties" not in body:
+        return body, 0
+    properties = body["properties"]
+    if not isinstance(properties, dict):
+        raise InvalidBody(
+            "properties", f"properties must be a flat JSON object, got {properties!r}"
+        )
+    kept: dict[str, Any] = {}
+    for key, value in properties.items():
+        if not (isinstance(value, str | bool) or _is_number(value)):
+            raise InvalidBody(
+                f"properties.{key}",
+                f"properties.{key} must be a string, number or boolean, got {value!r}",
+            )
+        lowered = key.lower()
+        if not any(marker in lowered for marker in PII_MARKERS):
+            kept[key] = value
+    stripped = len(properties) - len(kept)
+    if stripped:
+        body = {**body, "properties": kept}
+    return body, stripped
