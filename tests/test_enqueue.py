@@ -67,7 +67,7 @@ def test_invalid_event_writes_nothing(enqueuer: Enqueuer) -> None:
     with pytest.raises(relay.InvalidEvent):
         relay.enqueue("servoki", {"event_type": "p", "currency": "euro"})
     good = {"event_name": "click", "page_path": "/"}
-    with pytest.raises(relay.InvalidEvent, match="^item 1: datalook.page_path"):
+    with pytest.raises(relay.InvalidEvent, match=r"^item 1: datalook\.page_path"):
         relay.enqueue_many("datalook", [good, {"event_name": "click"}, good])
     assert queued(enqueuer) == []
 

@@ -194,7 +194,7 @@ def test_servoki_event_id_argument(enqueuer: Enqueuer) -> None:
     assert body(enqueuer, "servoki", {"event_type": "p"}, event_id="o-1")["event_id"] == "o-1"
     event_id, _ = enqueuer.encode("servoki", {"event_type": "p", "event_id": "o-2"}, "o-2")
     assert event_id == "o-2"
-    with pytest.raises(InvalidEvent, match="servoki.event_id must be the same as the event_id"):
+    with pytest.raises(InvalidEvent, match=r"servoki\.event_id must be the same as the event_id"):
         enqueuer.encode("servoki", {"event_type": "p", "event_id": "o-2"}, "o-3")
 
 

@@ -249,7 +249,7 @@ def test_poison_items_are_quarantined_and_the_batch_delivered(
 def test_reaper_returns_a_dead_consumers_batch(relay_: Relay, sandbox: SandboxProcess) -> None:
     from relay.queue import Queue
 
-    ids, items = relay_.enqueuer.encode_many("servoki", servoki(10))
+    _, items = relay_.enqueuer.encode_many("servoki", servoki(10))
     relay_.enqueuer.push(items)
     crashed = Queue(
         relay_.worker.redis,
