@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -155,3 +157,26 @@ def redis_stop(ctx: click.Context) -> None:
 
     stopped = embedded.stop(settings_from(ctx).home)
     click.echo("embedded Redis stopped" if stopped else "embedded Redis was not running")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sandbox(args: tuple[str, ...]) -> None:
+    """Run the local stand-in for both APIs (see `relay sandbox --help`)."""
+    from relay.sandbox.__main__ import main as sandbox_main
+
+    argv = list(args)
+    if not any(a == "--port" or a.startswith("--port=") for a in argv) and "--help" not in argv:
+        argv += ["--port", "8765"]
+    sys.exit(sandbox_main(argv))
+
+
+@main.command()
+def demo() -> None:
+    """Run the relay end to end on embedded defaults against the sandbox."""
+    from rich.console import Console
+
+    from relay.demo import run_demo
+
+    # Only RELAY_HOME is read: the demo never sends to configured, real destinations.
+    sys.exit(run_demo(Path(os.environ.get("RELAY_HOME", ".relay")), Console()))

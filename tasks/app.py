@@ -11,15 +11,17 @@ from relay import embedded
 from relay.settings import Settings, load_settings
 
 settings: Settings = load_settings()
+settings.home.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
 if settings.embedded_redis:
     embedded.ensure_running(settings.home)
 
 
 def broker_url(settings: Settings) -> str:
     """Celery's broker: the relay's own Redis (kombu spells unix sockets redis+socket://)."""
-    if settings.embedded_redis:
-        return f"redis+socket://{settings.redis_socket}"
-    return settings.resolved_redis_url
+    url = settings.resolved_redis_url
+    if url.startswith("unix://"):
+        return "redis+socket://" + url.removeprefix("unix://")
+    return url
 
 
 app = Celery("relay", broker=broker_url(settings), include=["tasks.jobs"])
