@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -41,10 +42,10 @@ def demo_settings(home: Path, sandbox_url: str) -> Settings:
         namespace=NAMESPACE,
         redis_url=None,
         database_url=f"sqlite:///{(home / 'demo-outbox.db').resolve()}",
-        servoki_api_key=DEMO_SERVOKI_KEY,
+        servoki_api_key=SecretStr(DEMO_SERVOKI_KEY),
         servoki_url=sandbox_url,
         servoki_site="shop.example.com",
-        datalook_api_key=DEMO_DATALOOK_KEY,
+        datalook_api_key=SecretStr(DEMO_DATALOOK_KEY),
         datalook_url=sandbox_url,
         pump_seconds=2.0,
         backoff_base=0.5,
@@ -180,7 +181,8 @@ def run_demo(home: Path, console: Console) -> int:
                     break
                 if worker.poll() is not None:
                     raise RelayError(
-                        f"the Celery worker exited ({worker.returncode}); see {home}/demo-worker.log"
+                        f"the Celery worker exited ({worker.returncode}); "
+                        f"see {home}/demo-worker.log"
                     )
                 time.sleep(0.2)
         console.print(summary_table(outbox, events, sandbox.stats()))
@@ -220,7 +222,7 @@ def summary_table(
         enqueued = sum(1 for d, _, _ in events if d == name)
         rows = sum(counts.get(name, {}).values())
         dead = counts.get(name, {}).get("dead", 0)
-        why = ", ".join(f"{reason} ×{n}" for reason, n in reasons.get(name, {}).items())
+        why = ", ".join(f"{reason}: {n}" for reason, n in reasons.get(name, {}).items())
         table.add_row(
             name,
             str(enqueued),
