@@ -180,3 +180,7 @@ def demo() -> None:
 
     # Only RELAY_HOME is read: the demo never sends to configured, real destinations.
     sys.exit(run_demo(Path(os.environ.get("RELAY_HOME", ".relay")), Console()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The relay command as a user runs it: real processes, real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from relay.db import make_engine
+from relay.enqueue import Enqueuer
+from relay.sandbox import SandboxProcess
+from relay.settings import Settings
+from tests.conftest import DATALOOK_KEY, SECRETS, SERVOKI_KEY, Postgres
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_relay(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", *args],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        RELAY_HOME=str(settings.home),
+        RELAY_NAMESPACE=settings.namespace,
+        RELAY_REDIS_URL=settings.resolved_redis_url,
+        RELAY_DATABASE_URL=settings.resolved_database_url,
+        RELAY_SERVOKI_API_KEY=SERVOKI_KEY,
+        RELAY_SERVOKI_URL=settings.servoki_url,
+        RELAY_SERVOKI_SITE="example.com",
+        RELAY_DATALOOK_API_KEY=DATALOOK_KEY,
+        RELAY_DATALOOK_URL=settings.datalook_url or "",
+        RELAY_BACKOFF_BASE="0.01",
+        RELAY_BACKOFF_CAP="0.05",
+        RELAY_PAUSE_PROBE_SECONDS="0.2",
+    )
+    return env
+
+
+def test_db_upgrade_on_postgres(postgres: Postgres, tmp_path: Path) -> None:
+    url = postgres.fresh(migrated=False)
+    env = {**os.environ, "RELAY_DATABASE_URL": url}
+    result = run_relay("db", "upgrade", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "is at the newest schema" in result.stdout
+    engine = make_engine(url)
+    tables = inspect(engine)
+    assert "relay_outbox" in tables.get_table_names()
+    assert {ix["name"] for ix in tables.get_indexes("relay_outbox")} >= {
+        "ix_relay_outbox_due",
+        "ix_relay_outbox_status_updated",
+    }
+    engine.dispose()
+
+
+def test_flush_exit_codes(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    env = env_for(settings)
+    enqueuer = Enqueuer(settings)
+    enqueuer.push(enqueuer.encode_many("servoki", [{"event_type": "purchase"}] * 3)[1])
+    result = run_relay("flush", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["delivered"] == 3 and report["dead"] == 0
+
+    enqueuer.push([enqueuer.encode("servoki", {"event_type": "p", "site": "nope.example"})[1]])
+    result = run_relay("flush", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "1 event(s) ended dead" in result.stderr
+
+    sandbox.revoke(DATALOOK_KEY)
+    enqueuer.push([enqueuer.encode("datalook", {"event_name": "click", "page_path": "/"})[1]])
+    result = run_relay("flush", "--max-wait", "0", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "destination datalook is paused (HTTP 401" in result.stderr
+    for secret in SECRETS:
+        assert secret not in result.stdout + result.stderr
+    enqueuer.close()
+
+
+def test_bad_settings_are_one_clear_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["RELAY_DATALOOK_API_KEY"] = DATALOOK_KEY
+    result = run_relay("flush", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: RELAY_DATALOOK_URL is required when RELAY_DATALOOK_API_KEY is set: DataLook "
+        "hosts are per account; copy the base URL from the DataLook dashboard"
+    )
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    result = run_relay("demo", env={**env, "COLUMNS": "120"}, cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "InvalidEvent: servoki.currency must be a 3-letter ISO 4217 code" in out
+    assert "relay demo: what the outbox says" in out
+    servoki_row = next(line for line in out.splitlines() if line.startswith("│ servoki"))
+    cells = [c.strip() for c in servoki_row.strip("│").split("│")]
+    assert cells[1:4] == ["196", "15", "180"] and cells[4].startswith("1 (HTTP 404")
+    assert cells[5] == "180"
+    assert not (tmp_path / ".relay" / "redis.sock").exists()  # the demo stopped its Redis
