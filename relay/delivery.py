@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from relay import failpoints
 from relay.destinations import Destination
 from relay.limiter import Limiter
 from relay.outbox import Claim, Outbox, utcnow
@@ -133,6 +134,7 @@ class Dispatcher:
         destination = self.destinations[claim.destination]
         self.limiter.acquire(destination.limit_scopes())
         outcome = self.settle(claim, self.send(destination, claim))
+        failpoints.hit("dispatch.after_send")
         return outcome, self.record(claim, outcome, probe=probe)
 
     def send(self, destination: Destination, claim: Claim) -> Outcome:

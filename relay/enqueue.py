@@ -16,6 +16,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from relay.destinations import Destination, build_destinations
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
@@ -41,9 +44,12 @@ class Enqueuer:
             weakref.WeakKeyDictionary()
         )
 
-    def _timeouts(self) -> dict[str, Any]:
+    def _timeouts(self, *, asynchronous: bool = False) -> dict[str, Any]:
         timeout = self.settings.enqueue_timeout
-        return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        # No client-side retries: the web request's added latency stays within one timeout,
+        # and the outbox fallback takes over from there.
+        retry = (AsyncRetry if asynchronous else Retry)(NoBackoff(), 0)
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry}
 
     # -- encoding (shared by every path) ------------------------------------------------
 
@@ -111,7 +117,9 @@ class Enqueuer:
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            client = redis.asyncio.Redis.from_url(self.redis_url, **self._timeouts())
+            client = redis.asyncio.Redis.from_url(
+                self.redis_url, **self._timeouts(asynchronous=True)
+            )
             self._async[loop] = client
         return client
 

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay.db import make_engine, safe_url
 from relay.errors import RelayUnavailable
-from relay.migrate import is_current
+from relay.migrate import is_current, upgrade
 from relay.outbox import Outbox
 from relay.queue import parse_items
 from relay.settings import Settings
@@ -43,6 +43,8 @@ def write_to_outbox(settings: Settings, items: list[bytes]) -> None:
     known = frozenset(settings.destination_configs())
     events = parse_items(items, known, settings.max_event_bytes).events
     try:
+        if not is_current(engine) and engine.dialect.name == "sqlite":
+            upgrade(engine)  # the embedded outbox may not exist yet: the worker would do this
         if not is_current(engine):
             raise RelayUnavailable(
                 f"the outbox at {safe_url(url)} has no current schema: run `relay db upgrade`"

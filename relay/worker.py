@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from relay import embedded
+from relay import embedded, failpoints
 from relay.db import make_engine, safe_url
 from relay.delivery import Dispatcher, DispatchReport, make_http_client
 from relay.destinations import build_destinations
@@ -78,6 +78,7 @@ class Worker:
             socket_connect_timeout=5,
             health_check_interval=15,
         )
+        warn_if_redis_can_lose_events(self.redis)
         self.engine = make_engine(settings.resolved_database_url)
         self.ensure_schema()
         self.outbox = Outbox(self.engine)
@@ -128,7 +129,9 @@ class Worker:
         report = DrainReport(taken=len(batch))
         if not batch:
             return report
+        failpoints.hit("drain.after_take")
         report.inserted = self.outbox.insert(batch.events)
+        failpoints.hit("drain.after_commit")
         self.queue.quarantine(batch.poison)
         report.quarantined = len(batch.poison)
         # Crash here (after the commit, before this delete): the reaper puts the batch back
@@ -221,3 +224,26 @@ class Worker:
             log.warning("could not deregister consumer on close: %s", exc)
         self.redis.close()
         self.engine.dispose()
+
+
+def warn_if_redis_can_lose_events(client: redis.Redis) -> None:
+    """Log a warning if this Redis would evict keys or keeps nothing across a restart."""
+    try:
+        config = client.config_get("maxmemory-policy") | client.config_get("appendonly")
+        config |= client.config_get("save")
+    except redis.ResponseError as exc:
+        # Managed Redis often forbids CONFIG: nothing to check, say so once.
+        log.info("cannot read the Redis configuration (%s); check persistence yourself", exc)
+        return
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %s: under memory pressure it may evict queued events; "
+            "set it to noeviction (see config/redis.conf)",
+            policy,
+        )
+    if config.get("appendonly") != "yes" and not config.get("save"):
+        log.warning(
+            "Redis has neither AOF nor RDB persistence: a Redis restart loses queued events; "
+            "set appendonly yes (see config/redis.conf)"
+        )
