@@ -31,6 +31,34 @@ from relay.settings import Settings
 SERVOKI_KEY = "servoki_testkey0123456789"
 DATALOOK_KEY = "dl_live_k1test_s3cr3tvalue"
 SECRETS = (SERVOKI_KEY, DATALOOK_KEY, "s3cr3tvalue", "testkey0123456789")
+UNMETERED = "100000/1s"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def relay_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a relay process (worker, CLI, Celery) that shares ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        RELAY_HOME=str(settings.home),
+        RELAY_NAMESPACE=settings.namespace,
+        RELAY_REDIS_URL=settings.resolved_redis_url,
+        RELAY_DATABASE_URL=settings.resolved_database_url,
+        RELAY_SERVOKI_API_KEY=SERVOKI_KEY,
+        RELAY_SERVOKI_URL=settings.servoki_url,
+        RELAY_SERVOKI_SITE="example.com",
+        RELAY_DATALOOK_API_KEY=DATALOOK_KEY,
+        RELAY_DATALOOK_URL=settings.datalook_url or "",
+        RELAY_SERVOKI_RATE_LIMIT=settings.servoki_rate_limit,
+        RELAY_DATALOOK_RATE_LIMIT=settings.datalook_rate_limit,
+    )
+    for name in (
+        "backoff_base", "backoff_cap", "heartbeat_seconds", "lease_seconds", "pump_seconds",
+        "send_concurrency", "max_attempts", "pause_probe_seconds",
+    ):  # fmt: skip
+        env[f"RELAY_{name.upper()}"] = str(getattr(settings, name))
+    env.update(extra)
+    return env
 
 
 class RedisServer:
@@ -109,6 +137,12 @@ class Postgres:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@/{database}?host={self.directory}"
 
+    def restart(self) -> None:
+        """Stop the server (fast: open transactions are aborted) and start it again."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.directory, user=self.server.system_user)
+
     def fresh(self, *, migrated: bool = True) -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"
         template = "relay_template" if migrated else "template0"
@@ -174,6 +208,9 @@ def make_settings(
             "backoff_base": 0.01,
             "backoff_cap": 0.05,
             "pause_probe_seconds": 0.2,
+            # The sandbox's limits are off here; the limiter's own tests turn them on.
+            "servoki_rate_limit": UNMETERED,
+            "datalook_rate_limit": UNMETERED,
         }
         if "db_url" in request.fixturenames:
             values["database_url"] = request.getfixturevalue("db_url")

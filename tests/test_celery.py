@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,28 +14,9 @@ import pytest
 from relay.enqueue import Enqueuer
 from relay.sandbox import SandboxProcess
 from relay.settings import Settings
-from tests.conftest import DATALOOK_KEY, SERVOKI_KEY
+from tests.conftest import ROOT, relay_env
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def relay_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        RELAY_HOME=str(settings.home),
-        RELAY_NAMESPACE=settings.namespace,
-        RELAY_REDIS_URL=settings.resolved_redis_url,
-        RELAY_DATABASE_URL=settings.resolved_database_url,
-        RELAY_SERVOKI_API_KEY=SERVOKI_KEY,
-        RELAY_SERVOKI_URL=settings.servoki_url,
-        RELAY_SERVOKI_SITE="example.com",
-        RELAY_DATALOOK_API_KEY=DATALOOK_KEY,
-        RELAY_DATALOOK_URL=settings.datalook_url or "",
-        RELAY_PUMP_SECONDS="3",
-    )
-    return env
 
 
 class Processes:
@@ -78,7 +58,7 @@ def celery(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> Iterator[tuple[Settings, Processes]]:
     settings = make_settings()
-    procs = Processes(relay_env(settings), tmp_path)
+    procs = Processes(relay_env(settings, RELAY_PUMP_SECONDS="3"), tmp_path)
     yield settings, procs
     procs.stop()
 

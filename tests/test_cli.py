@@ -16,7 +16,7 @@ from relay.db import make_engine
 from relay.enqueue import Enqueuer
 from relay.sandbox import SandboxProcess
 from relay.settings import Settings
-from tests.conftest import DATALOOK_KEY, SECRETS, SERVOKI_KEY, Postgres
+from tests.conftest import DATALOOK_KEY, SECRETS, Postgres, relay_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,25 +32,6 @@ def run_relay(
         text=True,
         timeout=timeout,
     )
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update(
-        RELAY_HOME=str(settings.home),
-        RELAY_NAMESPACE=settings.namespace,
-        RELAY_REDIS_URL=settings.resolved_redis_url,
-        RELAY_DATABASE_URL=settings.resolved_database_url,
-        RELAY_SERVOKI_API_KEY=SERVOKI_KEY,
-        RELAY_SERVOKI_URL=settings.servoki_url,
-        RELAY_SERVOKI_SITE="example.com",
-        RELAY_DATALOOK_API_KEY=DATALOOK_KEY,
-        RELAY_DATALOOK_URL=settings.datalook_url or "",
-        RELAY_BACKOFF_BASE="0.01",
-        RELAY_BACKOFF_CAP="0.05",
-        RELAY_PAUSE_PROBE_SECONDS="0.2",
-    )
-    return env
 
 
 def test_db_upgrade_on_postgres(postgres: Postgres, tmp_path: Path) -> None:
@@ -73,7 +54,7 @@ def test_flush_exit_codes(
     make_settings: Callable[..., Settings], sandbox: SandboxProcess, tmp_path: Path
 ) -> None:
     settings = make_settings()
-    env = env_for(settings)
+    env = relay_env(settings)
     enqueuer = Enqueuer(settings)
     enqueuer.push(enqueuer.encode_many("servoki", [{"event_type": "purchase"}] * 3)[1])
     result = run_relay("flush", "--json", env=env, cwd=tmp_path)

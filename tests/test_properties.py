@@ -3,6 +3,7 @@ API exactly as given (plus the stamps), through Redis, the outbox and real HTTP.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,8 @@ flat_value = (
     | st.integers(-(10**6), 10**6)
     | st.floats(allow_nan=False, allow_infinity=False)
 )
-safe_key = st.text(alphabet="abcdefghijklmnoqrtuvwxyz_", min_size=1, max_size=8)  # no PII words
+prop_key = st.text(min_size=1, max_size=8) | st.sampled_from(["email", "Phone", "password2", "ssn"])
+PII = re.compile("email|phone|password|ssn", re.IGNORECASE)  # documented by DataLook
 
 servoki_payload = st.fixed_dictionaries(
     {"event_type": text},
@@ -67,7 +69,7 @@ datalook_payload = st.sampled_from(["pageview", "click", "success", "custom"]).f
         optional={
             "success_user_id": st.text(max_size=20),
             "success_value": finite,
-            "properties": st.dictionaries(safe_key, flat_value, max_size=5),
+            "properties": st.dictionaries(prop_key, flat_value, max_size=5),
             **({} if name == "success" else {"name": text}),
         },
     )
@@ -157,7 +159,7 @@ def test_unknown_fields_are_refused(
         "consent",
     }:
         return
-    with pytest.raises(InvalidEvent, match=f"servoki.{extra[:1]}"):
+    with pytest.raises(InvalidEvent, match=re.escape(f"servoki.{extra} must be absent")):
         enqueuer.encode("servoki", {**payload, extra: 1})
 
 
@@ -198,7 +200,13 @@ def test_valid_payloads_reach_the_api_unchanged(
                 expected.setdefault("occurred_at", received[event_id]["occurred_at"])
                 assert received[event_id] == expected
             bodies = [e["body"] for e in sandbox.events("datalook")]
-            assert sorted(map(repr, bodies)) == sorted(map(repr, d_payloads))
+            expected_dl = [
+                {**p, "properties": {k: v for k, v in p["properties"].items() if not PII.search(k)}}
+                if "properties" in p
+                else p
+                for p in d_payloads
+            ]
+            assert sorted(map(repr, bodies)) == sorted(map(repr, expected_dl))
 
         round_trip()
     finally:
