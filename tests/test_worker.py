@@ -294,3 +294,29 @@ def test_redis_down_at_enqueue_writes_to_the_outbox(
     finally:
         client.close()
         worker.close()
+
+
+def test_worker_warns_when_redis_can_lose_events(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The suite's Redis runs without AOF or RDB, as a careless production one might.
+    worker = Worker(make_settings())
+    worker.close()
+    assert "Redis has neither AOF nor RDB persistence" in caplog.text
+
+
+def test_refused_probes_back_off(make_settings: Callable[..., Settings]) -> None:
+    from relay.pauses import Pauses
+
+    worker = Worker(make_settings(pause_probe_seconds=10))
+    try:
+        pauses = Pauses(worker.redis, worker.keys, probe_seconds=10)
+        pauses.pause("datalook", "HTTP 401", 401)
+        pauses.pause("datalook", "HTTP 401", 401)  # same round: no change
+        assert pauses.all()["datalook"]["interval"] == 10
+        for expected in (20, 40, 80):
+            pauses.pause("datalook", "HTTP 401", 401, probe=True)
+            assert pauses.all()["datalook"]["interval"] == expected
+        assert pauses.resume("datalook") and pauses.all() == {}
+    finally:
+        worker.close()
