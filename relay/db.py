@@ -36,8 +36,11 @@ def _sqlite_transactions(engine: Engine, busy_ms: int) -> None:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (see "begin" below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # busy_timeout first: switching to WAL needs a lock another process may hold right now
+        # (two workers starting at once), and without the timeout that fails at once.
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

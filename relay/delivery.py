@@ -2,22 +2,29 @@
 
 No database transaction is open while a request is in flight: claiming commits a lease, the
 POST happens, and the outcome is written with an update guarded by the lease token.
+
+Rate limits come first: each round reserves send slots for a destination (at most
+``reserve_ahead`` seconds ahead) and claims only as many rows as it got slots, so a row is
+never held much longer than its slot is away, and a destination with a large backlog cannot
+hold up another one: each has its own bucket and its own claims, in a rotating order.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 
 from relay import failpoints
 from relay.destinations import Destination
-from relay.limiter import Limiter
+from relay.errors import LimiterUnavailable
+from relay.limiter import Limiter, Ticket
 from relay.outbox import Claim, Outbox, utcnow
 from relay.outcomes import Outcome, Verdict, truncate
 from relay.pauses import Pauses
@@ -36,6 +43,10 @@ class DispatchReport:
     dead: int = 0
     paused: set[str] = field(default_factory=set)
     lost_leases: int = 0
+    held: int = 0
+    """Claimed rows given back unsent: a 429 paused their scope, or the limiter was down."""
+    limited: dict[str, float] = field(default_factory=dict)
+    """Destinations that got no send slot → seconds until a reservation could get one."""
 
     def add(self, other: DispatchReport) -> None:
         self.claimed += other.claimed
@@ -44,6 +55,8 @@ class DispatchReport:
         self.dead += other.dead
         self.paused |= other.paused
         self.lost_leases += other.lost_leases
+        self.held += other.held
+        self.limited = dict(other.limited)
 
 
 def encode_body(payload: Mapping[str, Any]) -> bytes:
@@ -74,6 +87,7 @@ class Dispatcher:
         *,
         lease_seconds: float = 60.0,
         concurrency: int = 4,
+        reserve_ahead: float = 1.0,
     ) -> None:
         self.outbox = outbox
         self.destinations = destinations
@@ -83,7 +97,11 @@ class Dispatcher:
         self.policy = policy
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
+        # Far below the lease: a claimed row goes out long before its lease could end.
+        self.reserve_ahead = min(reserve_ahead, lease_seconds / 4)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+        self._want: dict[str, int] = {}
+        self._turn = 0
 
     def active_destinations(self) -> tuple[list[str], list[str]]:
         """(destinations to send to normally, paused ones that may get one probe now)."""
@@ -97,24 +115,34 @@ class Dispatcher:
         return active, probes
 
     def dispatch_due(self, limit: int) -> DispatchReport:
-        """Claim and deliver up to ``limit`` due rows; return what happened."""
+        """Claim and deliver up to ``limit`` due rows per destination; return what happened."""
         report = DispatchReport()
         active, probes = self.active_destinations()
-        work = [
-            (claim, True)
-            for name in probes
-            for claim in self.outbox.claim_due(1, self.lease_seconds, [name])
-        ]
-        work += [
-            (claim, False) for claim in self.outbox.claim_due(limit, self.lease_seconds, active)
-        ]
+        self._turn += 1
+        if active:
+            turn = self._turn % len(active)
+            active = active[turn:] + active[:turn]
+        work: list[tuple[Claim, bool, Ticket]] = []
+        try:
+            for name in probes:
+                work += self._plan(name, 1, limit, report, probe=True)
+            for name in active:
+                work += self._plan(name, self._want.get(name, limit), limit, report)
+        except LimiterUnavailable:
+            # Fail closed: what this round claimed goes back unsent, its attempt refunded.
+            for claim, _, _ in work:
+                self.outbox.release(claim, 1.0)
+            raise
+        work.sort(key=lambda item: item[2].at)
         report.claimed = len(work)
         if self._pool is None or len(work) <= 1:
-            results = [self.deliver(claim, probe) for claim, probe in work]
+            results = [self.deliver(*item) for item in work]
         else:
             results = list(self._pool.map(lambda item: self.deliver(*item), work))
-        for (claim, _), (outcome, recorded) in zip(work, results, strict=True):
-            if not recorded:
+        for (claim, _, _), (outcome, recorded) in zip(work, results, strict=True):
+            if outcome is None:
+                report.held += 1
+            elif not recorded:
                 report.lost_leases += 1
             elif outcome.verdict is Verdict.DELIVERED:
                 report.delivered += 1
@@ -126,16 +154,66 @@ class Dispatcher:
                 report.retried += 1
         return report
 
-    def deliver(self, claim: Claim, probe: bool = False) -> tuple[Outcome, bool]:
+    def _plan(
+        self, name: str, want: int, limit: int, report: DispatchReport, *, probe: bool = False
+    ) -> list[tuple[Claim, bool, Ticket]]:
+        """Reserve up to ``want`` send slots for ``name``, then claim as many due rows."""
+        scopes = self.destinations[name].limit_scopes()
+        grant = self.limiter.reserve(scopes, want, self.reserve_ahead)
+        if not grant.tickets:
+            report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
+            return []
+        claims = self.outbox.claim_due(len(grant.tickets), self.lease_seconds, [name])
+        unused = len(grant.tickets) - len(claims)
+        if unused:
+            self.limiter.refund(grant, unused)
+        if not probe:
+            # Ask for what the backlog filled last time: an idle destination reserves one slot
+            # a round, a busy one a whole batch.
+            self._want[name] = max(1, 2 * len(claims)) if unused else limit
+        tickets = grant.tickets[: len(claims)]
+        return [(claim, probe, ticket) for claim, ticket in zip(claims, tickets, strict=True)]
+
+    def deliver(
+        self, claim: Claim, probe: bool = False, ticket: Ticket | None = None
+    ) -> tuple[Outcome | None, bool]:
         """Send one claimed event and record the outcome; (outcome, whether it was recorded).
 
         ``probe`` marks the single event sent to a paused destination to test its key.
+        ``ticket`` is its reserved send slot (None: wait for one here). The outcome is None when
+        the row went back unsent: a 429 paused its scope, or the limiter's Redis is down.
         """
         destination = self.destinations[claim.destination]
-        self.limiter.acquire(destination.limit_scopes())
-        outcome = self.settle(claim, self.send(destination, claim))
+        try:
+            if ticket is None:
+                self.limiter.acquire(destination.limit_scopes())
+            else:
+                clearance = self.limiter.wait(ticket)
+                if not clearance.go:
+                    return None, self.outbox.release(claim, clearance.paused_for)
+                log.debug(
+                    "send event_id=%s slot=%.6f at=%.6f",
+                    claim.event_id,
+                    clearance.slot,
+                    time.monotonic(),
+                )
+        except LimiterUnavailable:
+            return None, self.outbox.release(claim, 1.0)
+        outcome = self.send(destination, claim)
+        if outcome.throttled:
+            outcome = self._throttled(destination, outcome)
+        outcome = self.settle(claim, outcome)
         failpoints.hit("dispatch.after_send")
         return outcome, self.record(claim, outcome, probe=probe)
+
+    def _throttled(self, destination: Destination, outcome: Outcome) -> Outcome:
+        """A 429 means the budget was wrong: pause the scope for every worker, slow it down."""
+        try:
+            pause = self.limiter.throttle(destination.limit_scopes(), outcome.retry_after)
+        except LimiterUnavailable:
+            return outcome
+        # The event waits as long as its scope does: the pause is Retry-After, capped.
+        return replace(outcome, retry_after=pause) if pause > 0 else outcome
 
     def send(self, destination: Destination, claim: Claim) -> Outcome:
         """POST the event; translate transport errors into retry outcomes."""

@@ -5,6 +5,7 @@
     │   └── UnknownDestination an event names a destination that is not configured
     ├── InvalidEvent           (also a ValueError) a payload breaks its destination's schema
     ├── RelayUnavailable       enqueue() could reach neither Redis nor the outbox database
+    ├── LimiterUnavailable     the rate limiter's Redis is unreachable: nothing is sent
     └── EmbeddedRedisError     the embedded redis-server could not be started or found
 
 Each message says what was wrong and what to do about it. Foreign exceptions (redis,
@@ -57,6 +58,14 @@ class InvalidEvent(RelayError, ValueError):
 
 class RelayUnavailable(RelayError):
     """Neither Redis nor the outbox database accepted the event; the caller must retry or fail."""
+
+
+class LimiterUnavailable(RelayError):
+    """The rate limiter's Redis cannot be reached: nothing is sent until it is back.
+
+    The limiter fails closed, so no request goes out unmetered; the worker retries on its own.
+    Check that Redis (RELAY_REDIS_URL) is running and reachable from this host.
+    """
 
 
 class EmbeddedRedisError(RelayError):

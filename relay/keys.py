@@ -51,7 +51,8 @@ class Keys:
         return f"{self.tag}:paused"
 
     def limiter(self, scope: str) -> str:
-        """State of one rate-limit scope's bucket."""
+        """Hash: one rate-limit scope's bucket (GCRA ``tat``; 429 pause and rate cut), in µs
+        of Redis time. Expires once idle: an absent bucket is a full one."""
         return f"{self.tag}:limit:{scope}"
 
     @property

@@ -1,22 +1,99 @@
-"""Rate limiting: the seam where a shared, Redis-timed token bucket plugs in.
+"""Rate limiting: the seam between the delivery engine and the shared token buckets.
 
-``Limiter.acquire(scopes)`` blocks until one request may be sent in every scope. The delivery
-engine calls it before each POST; destinations declare the scopes a request consumes.
+The delivery engine asks for send slots before it claims rows, so it never holds a row it cannot
+send soon, and each request waits for its own slot::
+
+    grant = limiter.reserve(scopes, count=50, horizon=1.0)  # up to 50 slots in the next second
+    claims = outbox.claim_due(len(grant.tickets), ...)      # rows for the slots it got
+    limiter.refund(grant, len(grant.tickets) - len(claims)) # give back the slots it cannot use
+    clearance = limiter.wait(ticket)                        # sleep until the slot, then check
+    if clearance.go: POST … ; on 429: limiter.throttle(scopes, retry_after)
+
+``RedisLimiter`` (:mod:`relay.limits`) keeps the buckets in Redis, timed by Redis's clock and
+shared by every worker on every host; ``Unlimited`` sends at once (tests, sandboxes with limits
+off). A destination declares the scopes a request consumes (``Destination.limit_scopes``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """One reserved send slot in every scope of ``scopes``."""
+
+    scopes: tuple[str, ...]
+    at: float
+    """When to send, on this process's ``time.monotonic()`` clock."""
+    issued: int = 0
+    """Redis time of the reservation (µs): a 429 after it makes the slot stale."""
+    due: int = 0
+    """The slot on Redis's clock (µs): what the bucket's guarantee is about."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The slots one ``reserve`` call got, earliest first (possibly none)."""
+
+    tickets: tuple[Ticket, ...]
+    retry_in: float = 0.0
+    """With no tickets: seconds until a reservation could get one."""
+    receipt: tuple[int, ...] = field(default=(), repr=False)
+    """What ``refund`` needs to give the last slots back."""
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """What ``Limiter.wait`` decided for one request."""
+
+    slot: float
+    """The slot the request goes out on (monotonic), possibly a fresh one."""
+    paused_for: float = 0.0
+    """> 0: a 429 paused the scope; do not send, try again after this many seconds."""
+
+    @property
+    def go(self) -> bool:
+        return self.paused_for <= 0
+
+
 class Limiter(Protocol):
+    """Shared send budgets, one per scope."""
+
+    def reserve(self, scopes: Sequence[str], count: int, horizon: float) -> Grant:
+        """Reserve up to ``count`` slots in every scope, none more than ``horizon`` s ahead."""
+
+    def refund(self, grant: Grant, unused: int) -> None:
+        """Give back the last ``unused`` slots of ``grant`` (when nobody reserved after it)."""
+
+    def wait(self, ticket: Ticket) -> Clearance:
+        """Block until ``ticket``'s slot; say whether the request may go."""
+
+    def throttle(self, scopes: Sequence[str], retry_after: float | None) -> float:
+        """The API answered 429: pause ``scopes`` for every worker; return the pause (s)."""
+
     def acquire(self, scopes: Sequence[str]) -> None:
         """Block until one request may be sent in every one of ``scopes``."""
 
 
 class Unlimited:
     """Sends at once: for tests and sandboxes with limits off."""
+
+    def reserve(self, scopes: Sequence[str], count: int, horizon: float) -> Grant:
+        now = time.monotonic()
+        return Grant(tuple(Ticket(tuple(scopes), now) for _ in range(count)))
+
+    def refund(self, grant: Grant, unused: int) -> None:
+        return None
+
+    def wait(self, ticket: Ticket) -> Clearance:
+        return Clearance(ticket.at)
+
+    def throttle(self, scopes: Sequence[str], retry_after: float | None) -> float:
+        return 0.0
 
     def acquire(self, scopes: Sequence[str]) -> None:
         return None

@@ -54,6 +54,8 @@ class DestinationConfig:
     api_key: SecretStr = field(repr=False)
     site: str | None = None
     rate_limit: str = ""
+    egress_scope: str = "global"
+    """Servoki only: which egress-IP bucket requests consume (``RELAY_SERVOKI_EGRESS_SCOPE``)."""
 
 
 class Settings(BaseSettings):
@@ -76,6 +78,14 @@ class Settings(BaseSettings):
     datalook_api_key: SecretStr | None = None
     datalook_url: str | None = None
     datalook_rate_limit: str = DEFAULT_RATE_LIMITS["datalook"]
+    # Servoki counts per egress IP: "global" (every host behind one NAT, the default), "host"
+    # (each host its own IP), or any label naming an IP that a group of hosts shares.
+    servoki_egress_scope: str = Field(default="global", pattern=r"^[A-Za-z0-9_.:\-]+$")
+    # Arrivals may land this long after their slot (network, scheduling); the buckets leave
+    # room for it. Measured in bench/limits.py.
+    limit_jitter: float = Field(default=0.1, ge=0, le=5)
+    limit_pause_cap: float = Field(default=300.0, gt=0)
+    limit_recovery_seconds: float = Field(default=60.0, gt=0)
 
     max_event_bytes: int = Field(default=32 * 1024, gt=0)
     enqueue_timeout: float = Field(default=0.1, gt=0)
@@ -142,7 +152,8 @@ class Settings(BaseSettings):
                 url=_checked_url(self.servoki_url, "RELAY_SERVOKI_URL"),
                 api_key=_checked_key("servoki", self.servoki_api_key, "RELAY_SERVOKI_API_KEY"),
                 site=self.servoki_site,
-                rate_limit=self.servoki_rate_limit,
+                rate_limit=self._checked_rate(self.servoki_rate_limit, "RELAY_SERVOKI_RATE_LIMIT"),
+                egress_scope=self.servoki_egress_scope,
             )
         if self.datalook_api_key is not None:
             if not self.datalook_url:
@@ -155,11 +166,24 @@ class Settings(BaseSettings):
                 kind="datalook",
                 url=_checked_url(self.datalook_url, "RELAY_DATALOOK_URL"),
                 api_key=_checked_key("datalook", self.datalook_api_key, "RELAY_DATALOOK_API_KEY"),
-                rate_limit=self.datalook_rate_limit,
+                rate_limit=self._checked_rate(
+                    self.datalook_rate_limit, "RELAY_DATALOOK_RATE_LIMIT"
+                ),
             )
         for name, entry in self.destinations.items():
-            found[name] = _named_destination(name, entry)
+            found[name] = _named_destination(name, entry, self.servoki_egress_scope)
+            self._checked_rate(found[name].rate_limit, f"rate_limit of [destinations.{name}]")
         return found
+
+    def _checked_rate(self, text: str, setting: str) -> str:
+        """``text`` if it is a limit the buckets can pace under the jitter margin."""
+        from relay.limits.budget import RateLimit, plan
+
+        try:
+            plan(RateLimit.parse(text), self.limit_jitter)
+        except ValueError as exc:
+            raise ConfigError(f"{setting}: {exc}") from None
+        return text
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -217,7 +241,7 @@ def _checked_url(url: str, setting: str) -> str:
     return url.rstrip("/")
 
 
-def _named_destination(name: str, entry: DestinationEntry) -> DestinationConfig:
+def _named_destination(name: str, entry: DestinationEntry, egress_scope: str) -> DestinationConfig:
     where = f"[destinations.{name}] in RELAY_CONFIG"
     url = entry.url or (DEFAULT_SERVOKI_URL if entry.kind == "servoki" else None)
     if not url:
@@ -245,4 +269,5 @@ def _named_destination(name: str, entry: DestinationEntry) -> DestinationConfig:
         api_key=_checked_key(entry.kind, SecretStr(raw), f"the key of {where}"),
         site=entry.site,
         rate_limit=entry.rate_limit or DEFAULT_RATE_LIMITS[entry.kind],
+        egress_scope=egress_scope,
     )

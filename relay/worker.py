@@ -18,9 +18,10 @@ from relay import embedded, failpoints
 from relay.db import make_engine, safe_url
 from relay.delivery import Dispatcher, DispatchReport, make_http_client
 from relay.destinations import build_destinations
-from relay.errors import ConfigError
+from relay.errors import ConfigError, LimiterUnavailable
 from relay.keys import Keys
-from relay.limiter import Limiter, Unlimited
+from relay.limiter import Limiter
+from relay.limits import RedisLimiter, budgets_for
 from relay.migrate import is_current, upgrade
 from relay.outbox import Outbox, utcnow
 from relay.pauses import Pauses
@@ -91,12 +92,13 @@ class Worker:
         )
         self.pauses = Pauses(self.redis, self.keys, probe_seconds=settings.pause_probe_seconds)
         self.http = make_http_client(settings.connect_timeout, settings.read_timeout)
+        self.limiter = limiter or self.build_limiter()
         self.dispatcher = Dispatcher(
             self.outbox,
             self.destinations,
             self.http,
             self.pauses,
-            limiter or Unlimited(),
+            self.limiter,
             RetryPolicy(
                 base=settings.backoff_base,
                 cap=settings.backoff_cap,
@@ -108,6 +110,18 @@ class Worker:
             concurrency=settings.send_concurrency,
         )
         self.stopping = threading.Event()
+
+    def build_limiter(self) -> RedisLimiter:
+        """The shared buckets of every scope this worker's destinations consume."""
+        settings = self.settings
+        return RedisLimiter(
+            self.redis,
+            self.keys,
+            budgets_for(self.destinations.values(), settings.limit_jitter),
+            jitter=settings.limit_jitter,
+            pause_cap=settings.limit_pause_cap,
+            recovery_seconds=settings.limit_recovery_seconds,
+        )
 
     def ensure_schema(self) -> None:
         """SQLite (embedded) is migrated on the spot; PostgreSQL must be upgraded first."""
@@ -169,8 +183,10 @@ class Worker:
                 total.add(round_)
                 if not drained.taken and not round_.claimed:
                     remaining = deadline - time.monotonic()
-                    self.drain(wait=max(0.0, min(idle_wait, remaining)))
-            except (redis.RedisError, SQLAlchemyError) as exc:
+                    # Rate-limited: come back when the bucket has a slot, not a whole idle wait on.
+                    wait = min([idle_wait, remaining, *round_.limited.values()])
+                    self.drain(wait=max(0.01, wait) if remaining > 0 else 0.0)
+            except (redis.RedisError, SQLAlchemyError, LimiterUnavailable) as exc:
                 # Redis or the database restarting: the work stays where it is; try again.
                 log.warning("worker step failed, retrying in 1s: %s: %s", type(exc).__name__, exc)
                 self.stopping.wait(1.0)
@@ -189,7 +205,7 @@ class Worker:
             report.dispatched.add(round_)
             if drained.taken or round_.claimed:
                 continue
-            wait = self._seconds_until_work()
+            wait = self._seconds_until_work(round_.limited)
             if wait is None or wait > max_wait:
                 break
             self.stopping.wait(max(0.0, min(wait, 1.0)) + 0.01)
@@ -198,14 +214,22 @@ class Worker:
         report.pending_left = sum(c.get("pending", 0) for c in counts.values())
         return report
 
-    def _seconds_until_work(self) -> float | None:
-        """Seconds until a pending row becomes due or a paused destination may be probed."""
+    def _seconds_until_work(self, limited: dict[str, float] | None = None) -> float | None:
+        """Seconds until a pending row becomes due or a paused destination may be probed.
+
+        ``limited`` destinations (no send slot free) count from when their bucket has one.
+        """
+        limited = limited or {}
         paused = self.pauses.all()
         active = [name for name in self.destinations if name not in paused]
         waits: list[float] = []
-        next_due = self.outbox.next_due_at(active) if active else None
+        free = [name for name in active if name not in limited]
+        next_due = self.outbox.next_due_at(free) if free else None
         if next_due is not None:
             waits.append((next_due - utcnow()).total_seconds())
+        for name in active:
+            if name in limited and self.outbox.next_due_at([name]) is not None:
+                waits.append(limited[name])
         probing = [name for name, record in paused.items() if record.get("probe_at")]
         if probing and self.outbox.next_due_at(probing) is not None:
             now = time.time()

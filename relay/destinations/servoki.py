@@ -7,6 +7,7 @@ Contract: ``shared/api/servoki.txt``. 400 invalid body, 401 bad key, 404 unknown
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -67,7 +68,11 @@ class Servoki(Destination):
         return event_id, body
 
     def limit_scopes(self) -> tuple[str, ...]:
-        return ("servoki:ip:global",)
+        """One bucket per egress IP: ``global`` (one NAT), ``host``, or a label hosts share."""
+        scope = self.config.egress_scope
+        if scope == "host":
+            scope = f"host:{socket.gethostname()}"
+        return (f"servoki:ip:{scope}",)
 
     def _site(self, site: object) -> None:
         if site is MISSING:
