@@ -15,19 +15,20 @@ def make_engine(url: str, *, connect_timeout: float | None = None) -> Engine:
     SQLite: WAL, a long busy timeout and ``BEGIN IMMEDIATE`` for every transaction, so that two
     worker processes queue for the write lock instead of failing with "database is locked".
     PostgreSQL: pre-ping, so connections broken by a server restart are replaced.
+    Both: errors never carry statement parameters (event payloads) into logs.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         timeout = connect_timeout if connect_timeout is not None else 30.0
-        engine = create_engine(url, connect_args={"timeout": timeout})
+        engine = create_engine(url, connect_args={"timeout": timeout}, hide_parameters=True)
         _sqlite_transactions(engine, busy_ms=int(timeout * 1000))
         return engine
     connect_args: dict[str, Any] = {}
     if connect_timeout is not None:
         connect_args["connect_timeout"] = max(1, round(connect_timeout))
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True)
 
 
 def _sqlite_transactions(engine: Engine, busy_ms: int) -> None:
