@@ -270,3 +270,31 @@ def test_enqueue_with_redis_and_database_down_fails_fast(tmp_path: Path) -> None
     )
     assert "pw" not in message.replace("***", "")
     assert elapsed < 3.0  # one Redis timeout plus one refused connection, no retry loops
+
+
+def test_poison_items_inside_large_batches(
+    fault_settings: Callable[..., Settings],
+    enqueuer_for: Callable[[Settings], Enqueuer],
+    sandbox: SandboxProcess,
+    db_url: str,
+) -> None:
+    """Invalid JSON, oversized and unknown-destination items among thousands of good ones:
+    quarantined with their reason, everything else delivered, nothing looped on."""
+    settings = fault_settings()
+    enqueuer = enqueuer_for(settings)
+    work = Workload()
+    poison = [
+        b"{truncated",
+        json.dumps({"v": 1, "d": "nowhere", "id": "x", "t": time.time(), "p": {}}).encode(),
+        b'{"v":1,"d":"servoki","id":"big","p":{"blob":"' + b"x" * 40000 + b'"}}',
+    ]
+    for _ in range(4):
+        work.enqueue(enqueuer, N // 4)
+        enqueuer.push(poison)
+    result = run_flush(settings)
+    assert result.returncode == 0, result.stderr
+    assert work.check(sandbox, settings) == {}
+    keys, client = enqueuer.keys, enqueuer._redis
+    assert int(client.get(keys.quarantined_total) or 0) == 12
+    assert client.llen(keys.quarantine) == 12
+    assert client.llen(keys.queue) == 0
