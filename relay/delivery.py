@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from relay import failpoints
+from relay import failpoints, metrics
 from relay.destinations import Destination
 from relay.errors import LimiterUnavailable
 from relay.limiter import Limiter, Ticket
@@ -188,7 +188,9 @@ class Dispatcher:
             if ticket is None:
                 self.limiter.acquire(destination.limit_scopes())
             else:
+                waited = time.monotonic()
                 clearance = self.limiter.wait(ticket)
+                metrics.limiter_waited(claim.destination, time.monotonic() - waited)
                 if not clearance.go:
                     return None, self.outbox.release(claim, clearance.paused_for)
                 log.debug(
@@ -245,7 +247,9 @@ class Dispatcher:
             self.pauses.pause(
                 claim.destination, f"HTTP {status}: the API refused the key", status, probe=probe
             )
-            recorded = self.outbox.release(claim, self.pauses.probe_seconds)
+            recorded = self.outbox.release(
+                claim, self.pauses.probe_seconds, refused=(status, outcome.detail)
+            )
             log.error("paused %s status=%s: key refused; rotate it, then resume", where, status)
         else:
             recorded = self._retry(claim, outcome, where)

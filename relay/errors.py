@@ -6,6 +6,8 @@
     ├── InvalidEvent           (also a ValueError) a payload breaks its destination's schema
     ├── RelayUnavailable       enqueue() could reach neither Redis nor the outbox database
     ├── LimiterUnavailable     the rate limiter's Redis is unreachable: nothing is sent
+    ├── Unreachable            an operator command cannot reach Redis or the outbox database
+    ├── EventNotFound          no outbox row has the event id an operator named
     └── EmbeddedRedisError     the embedded redis-server could not be started or found
 
 Each message says what was wrong and what to do about it. Foreign exceptions (redis,
@@ -66,6 +68,17 @@ class LimiterUnavailable(RelayError):
     The limiter fails closed, so no request goes out unmetered; the worker retries on its own.
     Check that Redis (RELAY_REDIS_URL) is running and reachable from this host.
     """
+
+
+class Unreachable(RelayError):
+    """Redis or the outbox database does not answer; the message names which (no credentials).
+
+    Check that the service is running and that RELAY_REDIS_URL / RELAY_DATABASE_URL point at it.
+    """
+
+
+class EventNotFound(RelayError):
+    """No outbox row has this event id (for this destination); check `relay outbox list`."""
 
 
 class EmbeddedRedisError(RelayError):

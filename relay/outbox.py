@@ -9,15 +9,21 @@ overwrite the outcome of the worker that claimed the row after it.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from relay.schema import Status, outbox
+from relay import metrics
+from relay.outcomes import truncate
+from relay.schema import Status, attempts, outbox
+
+ATTEMPT_DETAIL_LIMIT = 500
+"""Characters of a response or error kept per attempt in the history (the row keeps 2,000)."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +90,13 @@ class Outbox:
         statement = (
             dialect_insert(outbox)
             .on_conflict_do_nothing(index_elements=["destination", "event_id"])
-            .returning(outbox.c.id)
+            .returning(outbox.c.id, outbox.c.destination)
         )
         with self.engine.begin() as conn:
             inserted = conn.execute(statement, list(rows.values())).all()
+        new = Counter(row.destination for row in inserted)
+        for destination, taken in Counter(event.destination for event in events).items():
+            metrics.drained(destination, new[destination], taken - new[destination])
         return len(inserted)
 
     # -- dispatch side --------------------------------------------------------------
@@ -156,6 +165,7 @@ class Outbox:
         now = utcnow()
         return self._finish(
             claim,
+            ("delivered", status, None),
             status=Status.DELIVERED.value,
             last_status=status,
             last_error=None,
@@ -167,6 +177,7 @@ class Outbox:
     def mark_dead(self, claim: Claim, status: int | None, detail: str) -> bool:
         return self._finish(
             claim,
+            ("dead", status, detail),
             status=Status.DEAD.value,
             last_status=status,
             last_error=detail,
@@ -194,21 +205,38 @@ class Outbox:
         }
         if refund_attempt:
             values["attempts"] = outbox.c.attempts - 1
-        return self._finish(claim, **values)
+        return self._finish(claim, ("retry", status, detail), **values)
 
-    def release(self, claim: Claim, delay: float) -> bool:
-        """Give a claimed row back untouched (attempt refunded), due after ``delay`` seconds."""
+    def release(
+        self, claim: Claim, delay: float, *, refused: tuple[int | None, str] | None = None
+    ) -> bool:
+        """Give a claimed row back untouched (attempt refunded), due after ``delay`` seconds.
+
+        ``refused`` is the (status, detail) of a response that paused the destination: it is
+        kept as the row's last response and in the history; rows given back unsent record
+        nothing.
+        """
         now = utcnow()
-        return self._finish(
-            claim,
-            attempts=outbox.c.attempts - 1,
-            next_attempt_at=now + timedelta(seconds=delay),
-            updated_at=now,
-            lease_token=None,
-        )
+        values: dict[str, Any] = {
+            "attempts": outbox.c.attempts - 1,
+            "next_attempt_at": now + timedelta(seconds=delay),
+            "updated_at": now,
+            "lease_token": None,
+        }
+        if refused is None:
+            return self._finish(claim, None, **values)
+        status, detail = refused
+        values.update(last_status=status, last_error=detail)
+        return self._finish(claim, ("pause", status, detail), **values)
 
-    def _finish(self, claim: Claim, **values: Any) -> bool:
-        """Apply ``values`` only if this claim still holds the lease; say whether it did."""
+    def _finish(
+        self, claim: Claim, attempt: tuple[str, int | None, str | None] | None, **values: Any
+    ) -> bool:
+        """Apply ``values`` only if this claim still holds the lease; say whether it did.
+
+        ``attempt`` (verdict, HTTP status, detail) goes into the attempt history in the same
+        transaction, so the history never shows an outcome the row does not have.
+        """
         statement = (
             update(outbox)
             .where(
@@ -218,8 +246,26 @@ class Outbox:
             )
             .values(**values)
         )
+        now = utcnow()
         with self.engine.begin() as conn:
-            return conn.execute(statement).rowcount == 1
+            if conn.execute(statement).rowcount != 1:
+                return False
+            if attempt is not None:
+                verdict, status, detail = attempt
+                conn.execute(
+                    insert(attempts).values(
+                        outbox_id=claim.id,
+                        attempt=claim.attempts,
+                        at=now,
+                        status=status,
+                        verdict=verdict,
+                        detail=truncate(detail, ATTEMPT_DETAIL_LIMIT) if detail else None,
+                    )
+                )
+        if attempt is not None:
+            latency = (now - claim.enqueued_at).total_seconds()
+            metrics.outcome(attempt[0], claim.destination, attempt[1], latency)
+        return True
 
     # -- reading --------------------------------------------------------------------
 

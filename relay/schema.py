@@ -1,4 +1,5 @@
-"""The outbox table. Alembic migrations in ``relay/migrations`` create it; keep them in step."""
+"""The outbox and attempts tables. Alembic migrations in ``relay/migrations`` create them; keep
+them in step."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class Status(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     DEAD = "dead"
+    DISCARDED = "discarded"
+    """Set aside by an operator (``relay outbox discard``): never sent again, kept for audit."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -76,4 +79,19 @@ outbox = Table(
     Index("ix_relay_outbox_due", "status", "next_attempt_at"),
     # Pruning and listings by age within a status.
     Index("ix_relay_outbox_status_updated", "status", "updated_at"),
+)
+
+# One row per recorded delivery attempt: the history `relay outbox show` prints. Written in the
+# same transaction as the outcome it records; pruned together with its outbox row.
+attempts = Table(
+    "relay_attempts",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("outbox_id", _ID, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("verdict", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+    Index("ix_relay_attempts_outbox", "outbox_id", "id"),
 )

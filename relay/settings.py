@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     pause_probe_seconds: float = Field(default=30.0, gt=0)
     connect_timeout: float = Field(default=3.0, gt=0)
     read_timeout: float = Field(default=10.0, gt=0)
+    # Operations: delivered and discarded rows are pruned after this long (dedup holds within
+    # it); Prometheus metrics are served by the Celery worker on metrics_port when it is set.
+    retention_seconds: float = Field(default=7 * 86400.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_addr: str = "0.0.0.0"
 
     destinations: dict[str, DestinationEntry] = Field(default_factory=dict)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from relay import embedded
 from relay.settings import Settings, load_settings
@@ -14,6 +16,12 @@ settings: Settings = load_settings()
 settings.home.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
 if settings.embedded_redis:
     embedded.ensure_running(settings.home)
+if settings.metrics_port is not None:
+    # prometheus-client picks its value store when it is first imported, which happens below
+    # (tasks.jobs → relay.outbox → relay.metrics): every pool child then writes its own file
+    # here and the main process serves their sum.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str((settings.home / "metrics").resolve()))
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 
 def broker_url(settings: Settings) -> str:
@@ -46,10 +54,26 @@ app.conf.update(
             "options": {"expires": 5.0},
         },
         "reap": {"task": "relay.reap", "schedule": 30.0, "options": {"expires": 30.0}},
+        # Delivered and discarded rows older than RELAY_RETENTION_SECONDS, in batches.
+        "prune": {"task": "relay.prune", "schedule": 3600.0, "options": {"expires": 600.0}},
     },
     beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
     timezone="UTC",
 )
+
+
+_metrics_server: Any = None
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    # The main process outlives every pool child: it serves the children's metrics.
+    global _metrics_server
+    if settings.metrics_port is not None:
+        from relay import metrics
+
+        metrics.clear_multiprocess_dir()
+        _metrics_server = metrics.serve(settings)
 
 
 @worker_process_init.connect
@@ -58,6 +82,10 @@ def _after_fork(**_: Any) -> None:
     from tasks import jobs
 
     jobs.reset_worker()
+    if _metrics_server is not None:
+        from relay import metrics
+
+        metrics.close_in_child(_metrics_server)
 
 
 @worker_process_shutdown.connect
