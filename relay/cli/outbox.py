@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -221,14 +222,26 @@ def _change(
         click.echo(f"discarded {done} event(s): never sent again, kept until pruned")
 
 
+def change_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The arguments retry and discard share: ids or --all-dead, narrowed by -d / --reason."""
+    options: list[Callable[[Callable[..., None]], Callable[..., None]]] = [
+        click.argument("event_ids", nargs=-1, metavar="[EVENT_ID]..."),
+        click.option(
+            "--all-dead", is_flag=True, help="Every dead row (narrow with -d and --reason)."
+        ),
+        destination_option,
+        click.option("--reason", help="With --all-dead: HTTP status (404) or text in the error."),
+        yes_option,
+        json_option,
+        click.pass_context,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @outbox.command()
-@click.argument("event_ids", nargs=-1, metavar="[EVENT_ID]...")
-@click.option("--all-dead", is_flag=True, help="Every dead row (narrow with -d and --reason).")
-@destination_option
-@click.option("--reason", help="With --all-dead: HTTP status (404) or text in the error.")
-@yes_option
-@json_option
-@click.pass_context
+@change_options
 def retry(
     ctx: click.Context,
     event_ids: tuple[str, ...],
@@ -246,13 +259,7 @@ def retry(
 
 
 @outbox.command()
-@click.argument("event_ids", nargs=-1, metavar="[EVENT_ID]...")
-@click.option("--all-dead", is_flag=True, help="Every dead row (narrow with -d and --reason).")
-@destination_option
-@click.option("--reason", help="With --all-dead: HTTP status (404) or text in the error.")
-@yes_option
-@json_option
-@click.pass_context
+@change_options
 def discard(
     ctx: click.Context,
     event_ids: tuple[str, ...],
