@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
+import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from relay import failpoints, metrics
 from relay.destinations import Destination
@@ -88,6 +91,8 @@ class Dispatcher:
         lease_seconds: float = 60.0,
         concurrency: int = 4,
         reserve_ahead: float = 1.0,
+        send_seconds: float = 13.0,
+        record_patience: float = 30.0,
     ) -> None:
         self.outbox = outbox
         self.destinations = destinations
@@ -99,6 +104,12 @@ class Dispatcher:
         self.concurrency = concurrency
         # Far below the lease: a claimed row goes out long before its lease could end.
         self.reserve_ahead = min(reserve_ahead, lease_seconds / 4)
+        # The longest one request can take (connect + read timeouts): a row is sent only while
+        # at least this much of its lease is left, so its lease cannot end mid-request.
+        self.send_seconds = send_seconds
+        # How long an outcome whose write failed (the database restarting) is held and
+        # retried; meanwhile the round sends nothing more.
+        self.record_patience = record_patience
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
         self._want: dict[str, int] = {}
         self._turn = 0
@@ -135,10 +146,15 @@ class Dispatcher:
             raise
         work.sort(key=lambda item: item[2].at)
         report.claimed = len(work)
+        round_ = Round()
         if self._pool is None or len(work) <= 1:
-            results = [self.deliver(*item) for item in work]
+            results = [round_.run(self.deliver, *item) for item in work]
         else:
-            results = list(self._pool.map(lambda item: self.deliver(*item), work))
+            results = list(self._pool.map(lambda item: round_.run(self.deliver, *item), work))
+        if round_.failure is not None:
+            # The outbox (or Redis) failed for good: the worker backs off; unsent rows wait
+            # out their leases, outcomes not written are resent then.
+            raise round_.failure
         for (claim, _, _), (outcome, recorded) in zip(work, results, strict=True):
             if outcome is None:
                 report.held += 1
@@ -163,10 +179,16 @@ class Dispatcher:
         if not grant.tickets:
             report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
             return []
-        claims = self.outbox.claim_due(len(grant.tickets), self.lease_seconds, [name])
+        claimed = self.outbox.claim_due(len(grant.tickets), self.lease_seconds, [name])
+        claims = [claim for claim in claimed if not self._gave_up(claim, report)]
         unused = len(grant.tickets) - len(claims)
         if unused:
-            self.limiter.refund(grant, unused)
+            try:
+                self.limiter.refund(grant, unused)
+            except LimiterUnavailable:
+                for claim in claims:
+                    self.outbox.release(claim, 1.0)
+                raise
         if not probe:
             # Ask for what the backlog filled last time: an idle destination reserves one slot
             # a round, a busy one a whole batch.
@@ -174,8 +196,33 @@ class Dispatcher:
         tickets = grant.tickets[: len(claims)]
         return [(claim, probe, ticket) for claim, ticket in zip(claims, tickets, strict=True)]
 
+    def _gave_up(self, claim: Claim, report: DispatchReport) -> bool:
+        """Mark a claim dead, unsent, if its earlier attempts used up every one allowed.
+
+        Attempts are counted when a row is claimed, so a row whose every delivery stopped the
+        worker mid-request (killed, out of memory) still runs out instead of looping forever.
+        """
+        if claim.attempts <= self.policy.max_attempts:
+            return False
+        reason = (
+            f"gave up after {claim.attempts - 1} attempts "
+            f"(RELAY_MAX_ATTEMPTS={self.policy.max_attempts}); the last ones never finished: "
+            "the worker stopped while sending (see its logs)"
+        )
+        if self.outbox.mark_dead(claim, None, reason):
+            report.dead += 1
+            log.error(
+                "dead event_id=%s destination=%s: %s", claim.event_id, claim.destination, reason
+            )
+        return True
+
     def deliver(
-        self, claim: Claim, probe: bool = False, ticket: Ticket | None = None
+        self,
+        claim: Claim,
+        probe: bool = False,
+        ticket: Ticket | None = None,
+        *,
+        round_: Round | None = None,
     ) -> tuple[Outcome | None, bool]:
         """Send one claimed event and record the outcome; (outcome, whether it was recorded).
 
@@ -190,9 +237,9 @@ class Dispatcher:
             else:
                 waited = time.monotonic()
                 clearance = self.limiter.wait(ticket)
-                metrics.limiter_waited(claim.destination, time.monotonic() - waited)
                 if not clearance.go:
                     return None, self.outbox.release(claim, clearance.paused_for)
+                metrics.limiter_waited(claim.destination, time.monotonic() - waited)
                 log.debug(
                     "send event_id=%s slot=%.6f at=%.6f",
                     claim.event_id,
@@ -201,12 +248,51 @@ class Dispatcher:
                 )
         except LimiterUnavailable:
             return None, self.outbox.release(claim, 1.0)
+        if claim.lease_left() < self.send_seconds:
+            # A slow round: this row's lease could end mid-request and let another worker
+            # send it too. It goes back unsent, due at once, its attempt refunded.
+            log.debug("lease of event_id=%s too short to send; released", claim.event_id)
+            return None, self.outbox.release(claim, 0.0)
         outcome = self.send(destination, claim)
         if outcome.throttled:
             outcome = self._throttled(destination, outcome)
         outcome = self.settle(claim, outcome)
         failpoints.hit("dispatch.after_send")
-        return outcome, self.record(claim, outcome, probe=probe)
+        return outcome, self._persist(claim, outcome, probe, round_ or Round())
+
+    def _persist(self, claim: Claim, outcome: Outcome, probe: bool, round_: Round) -> bool:
+        """``record`` the outcome; while the outbox fails, hold it and try again.
+
+        The request has been answered: losing its outcome means sending the event again
+        later (a double count at DataLook), so the write is worth waiting for.
+        """
+        give_up = time.monotonic() + self.record_patience
+        pause = 0.2
+        while True:
+            try:
+                recorded = self.record(claim, outcome, probe=probe)
+            except SQLAlchemyError as exc:
+                round_.trouble.set()
+                if time.monotonic() + pause > give_up:
+                    log.error(
+                        "could not record the outcome of event_id=%s for %.0fs (%s): it will be "
+                        "sent again when its lease ends",
+                        claim.event_id,
+                        self.record_patience,
+                        type(exc).__name__,
+                    )
+                    raise
+                log.warning(
+                    "recording the outcome of event_id=%s failed (%s); trying again in %.1fs",
+                    claim.event_id,
+                    type(exc).__name__,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+                continue
+            round_.trouble.clear()
+            return recorded
 
     def _throttled(self, destination: Destination, outcome: Outcome) -> Outcome:
         """A 429 means the budget was wrong: pause the scope for every worker, slow it down."""
@@ -219,16 +305,22 @@ class Dispatcher:
 
     def send(self, destination: Destination, claim: Claim) -> Outcome:
         """POST the event; translate transport errors into retry outcomes."""
-        request = destination.build_request(encode_body(claim.payload))
         try:
+            request = destination.build_request(encode_body(claim.payload))
             response = self.http.request(
                 request.method, request.url, headers=request.headers, content=request.body
             )
+            return destination.classify(response.status_code, response.headers, response.text)
         except httpx.TimeoutException as exc:
             return Outcome.retry(None, f"timeout: {type(exc).__name__}")
         except httpx.TransportError as exc:
-            return Outcome.retry(None, f"connection error: {type(exc).__name__}: {exc}")
-        return destination.classify(response.status_code, response.headers, response.text)
+            detail = f"connection error: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # anything else must not lose the round
+            # A protocol error, an undecodable body, a bug: logged in full, retried, and dead
+            # with this detail once the attempts run out.
+            log.exception("sending event_id=%s failed unexpectedly", claim.event_id)
+            detail = f"unexpected error: {type(exc).__name__}: {exc}"
+        return Outcome.retry(None, destination.redact(detail))
 
     def record(self, claim: Claim, outcome: Outcome, *, probe: bool = False) -> bool:
         """Write ``outcome`` for ``claim`` if its lease still holds; log one line."""
@@ -289,3 +381,39 @@ class Dispatcher:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+class Round:
+    """What the sends of one dispatch round share.
+
+    When writing an outcome fails (the database restarting), the outcome is held and written
+    again with backoff for up to ``record_patience`` seconds; meanwhile no other row of the
+    round is sent, so an outage loses at most the outcomes of the requests already in flight.
+    """
+
+    def __init__(self) -> None:
+        self.trouble = threading.Event()
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def run(
+        self,
+        deliver: Callable[..., tuple[Outcome | None, bool]],
+        claim: Claim,
+        probe: bool,
+        ticket: Ticket,
+    ) -> tuple[Outcome | None, bool]:
+        """``deliver`` one claim unless the round is in trouble; never raises."""
+        if self.trouble.is_set():
+            return None, False  # held: its lease runs out, then it is claimed again
+        try:
+            return deliver(claim, probe, ticket, round_=self)
+        except (SQLAlchemyError, redis.RedisError, LimiterUnavailable) as exc:
+            self.trouble.set()
+            with self._lock:
+                self.failure = self.failure or exc
+        except Exception:
+            # A bug with this one row: the others go on. The row is held until its lease ends;
+            # every claim counts an attempt, so it ends dead instead of looping.
+            log.exception("delivering event_id=%s failed unexpectedly", claim.event_id)
+        return None, False

@@ -70,7 +70,13 @@ class Enqueuer:
             data = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidEvent(destination, "JSON-serializable fields", str(exc)) from None
-        encoded = data.encode()
+        try:
+            encoded = data.encode()
+        except UnicodeEncodeError as exc:
+            text = exc.object[max(0, exc.start - 20) : exc.end + 20]
+            raise InvalidEvent(
+                destination, "text that is valid Unicode (no lone surrogate such as \\ud800)", text
+            ) from None
         if len(encoded) > self.max_bytes:
             raise InvalidEvent(
                 destination,

@@ -8,6 +8,7 @@ overwrite the outcome of the worker that claimed the row after it.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -47,6 +48,12 @@ class Claim:
     attempts: int
     enqueued_at: datetime
     lease_token: str
+    lease_deadline: float = float("inf")
+    """``time.monotonic()`` when the lease ends (taken before the claim, so never late)."""
+
+    def lease_left(self) -> float:
+        """Seconds of this claim's lease still ahead."""
+        return self.lease_deadline - time.monotonic()
 
 
 def utcnow() -> datetime:
@@ -111,6 +118,7 @@ class Outbox:
         """
         if not destinations or limit <= 0:
             return []
+        deadline = time.monotonic() + lease_seconds
         now = utcnow()
         token = uuid.uuid4().hex
         due = (
@@ -155,6 +163,7 @@ class Outbox:
                 attempts=row.attempts,
                 enqueued_at=row.enqueued_at,
                 lease_token=token,
+                lease_deadline=deadline,
             )
             for row in rows
         ]

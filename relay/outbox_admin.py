@@ -185,7 +185,7 @@ def retry(
         "delivered_at": None,
         "updated_at": now,
     }
-    return _change(engine, RETRYABLE, values, ids, filters, batch, progress)
+    return _change(engine, outbox.c.status.in_(RETRYABLE), values, ids, filters, batch, progress)
 
 
 def discard(
@@ -196,9 +196,22 @@ def discard(
     batch: int = 1000,
     progress: Progress | None = None,
 ) -> int:
-    """Mark dead or pending rows discarded: never sent again, kept for audit; how many."""
-    values = {"status": Status.DISCARDED.value, "lease_token": None, "updated_at": utcnow()}
-    return _change(engine, DISCARDABLE, values, ids, filters, batch, progress)
+    """Mark dead or pending rows discarded: never sent again, kept for audit; how many.
+
+    A pending row a worker is sending right now (under a live lease) is left alone: it may be
+    delivered a moment later, and "discarded" would then be a lie. Run discard again once its
+    attempt has finished.
+    """
+    now = utcnow()
+    guard = or_(
+        outbox.c.status == Status.DEAD.value,
+        and_(
+            outbox.c.status == Status.PENDING.value,
+            or_(outbox.c.lease_token.is_(None), outbox.c.next_attempt_at <= now),
+        ),
+    )
+    values = {"status": Status.DISCARDED.value, "lease_token": None, "updated_at": now}
+    return _change(engine, guard, values, ids, filters, batch, progress)
 
 
 def make_due(engine: Engine, destination: str) -> int:
@@ -224,14 +237,13 @@ def make_due(engine: Engine, destination: str) -> int:
 
 def _change(
     engine: Engine,
-    allowed: Sequence[str],
+    guard: ColumnElement[bool],
     values: dict[str, Any],
     ids: Sequence[int] | None,
     filters: Filters | None,
     batch: int,
     progress: Progress | None,
 ) -> int:
-    guard = outbox.c.status.in_(list(allowed))
     changed = 0
     for chunk in _batches(engine, ids, filters, guard, batch):
         statement = update(outbox).where(outbox.c.id.in_(chunk), guard).values(**values)

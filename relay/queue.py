@@ -55,14 +55,20 @@ def parse_items(raw: list[bytes], known: frozenset[str], max_bytes: int) -> Batc
             batch.events.append(_parse_one(item, known, max_bytes))
         except ValueError as exc:
             batch.poison.append((item, str(exc)))
+        except Exception as exc:  # one odd item must never block the drain of the rest
+            batch.poison.append((item, f"unreadable: {type(exc).__name__}: {exc}"))
     return batch
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"not JSON: {name} is not a JSON value")
 
 
 def _parse_one(item: bytes, known: frozenset[str], max_bytes: int) -> NewEvent:
     if len(item) > max_bytes:
         raise ValueError(f"item of {len(item)} bytes is over the {max_bytes} byte limit")
     try:
-        data: Any = json.loads(item)
+        data: Any = json.loads(item, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -74,9 +80,25 @@ def _parse_one(item: bytes, known: frozenset[str], max_bytes: int) -> NewEvent:
         raise ValueError(f"bad event id {event_id!r}")
     if not isinstance(payload, dict):
         raise ValueError("payload is not an object")
+    try:
+        # The outbox stores UTF-8: a lone surrogate would fail the insert of the whole batch.
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"payload is not valid UTF-8 text: {exc.reason}") from None
+    return NewEvent(destination, event_id, payload, _enqueued_at(stamp))
+
+
+def _enqueued_at(stamp: object) -> datetime:
+    """When the item was enqueued: its stamp, or now when the stamp is missing or absurd."""
+    now = time.time()
     if isinstance(stamp, bool) or not isinstance(stamp, int | float):
-        stamp = time.time()
-    return NewEvent(destination, event_id, payload, datetime.fromtimestamp(stamp, UTC))
+        return datetime.fromtimestamp(now, UTC)
+    try:
+        return datetime.fromtimestamp(stamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        # A stamp far outside the calendar (1e20, -1e20) is a foreign writer's bug; the
+        # event itself is fine. Its age counts from now.
+        return datetime.fromtimestamp(now, UTC)
 
 
 class Queue:

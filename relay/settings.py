@@ -147,6 +147,21 @@ class Settings(BaseSettings):
         """The Redis URL the relay uses, embedded or configured."""
         return self.redis_url or f"unix://{self.redis_socket}"
 
+    @property
+    def send_seconds(self) -> float:
+        """The longest one request can take: connect plus read timeout."""
+        return self.connect_timeout + self.read_timeout
+
+    def check_lease(self) -> None:
+        """A lease must outlast a slow round's requests, or one event could go out twice."""
+        if self.lease_seconds < 2 * self.send_seconds:
+            raise ConfigError(
+                f"RELAY_LEASE_SECONDS ({self.lease_seconds:g}) must be at least twice "
+                f"RELAY_CONNECT_TIMEOUT + RELAY_READ_TIMEOUT ({self.send_seconds:g}): a row is "
+                "only sent while one request fits in what is left of its lease; raise the lease "
+                "or lower the timeouts"
+            )
+
     def destination_configs(self) -> dict[str, DestinationConfig]:
         """Every enabled destination, checked. Raises ConfigError naming the bad setting."""
         found: dict[str, DestinationConfig] = {}

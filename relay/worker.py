@@ -69,6 +69,7 @@ class Worker:
 
     def __init__(self, settings: Settings, *, limiter: Limiter | None = None) -> None:
         self.settings = settings
+        settings.check_lease()
         self.destinations = build_destinations(settings.destination_configs())
         if settings.embedded_redis:
             embedded.ensure_running(settings.home)
@@ -108,6 +109,8 @@ class Worker:
             ),
             lease_seconds=settings.lease_seconds,
             concurrency=settings.send_concurrency,
+            send_seconds=settings.send_seconds,
+            record_patience=min(30.0, settings.lease_seconds / 2),
         )
         self.stopping = threading.Event()
 

@@ -54,7 +54,8 @@ def relay_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     for name in (
         "backoff_base", "backoff_cap", "heartbeat_seconds", "lease_seconds", "pump_seconds",
-        "send_concurrency", "max_attempts", "pause_probe_seconds",
+        "send_concurrency", "max_attempts", "pause_probe_seconds", "connect_timeout",
+        "read_timeout",
     ):  # fmt: skip
         env[f"RELAY_{name.upper()}"] = str(getattr(settings, name))
     env.update(extra)
@@ -208,6 +209,9 @@ def make_settings(
             "backoff_base": 0.01,
             "backoff_cap": 0.05,
             "pause_probe_seconds": 0.2,
+            # The sandbox is on loopback: short timeouts let tests use short leases.
+            "connect_timeout": 0.5,
+            "read_timeout": 2.0,
             # The sandbox's limits are off here; the limiter's own tests turn them on.
             "servoki_rate_limit": UNMETERED,
             "datalook_rate_limit": UNMETERED,

@@ -120,6 +120,7 @@ def test_retry_then_deliver(state: State, sandbox: SandboxProcess) -> None:
     assert state.json("outbox", "retry", "--all-dead", "--reason", "400", "--yes") == {
         "retried": 1,
         "skipped": [],
+        "left_alone": 0,
     }
     assert ids(state.json("outbox", "list", "-s", "pending", "-d", "datalook")) == {
         "d-400", "d-wait-0", "d-wait-1",
@@ -127,7 +128,11 @@ def test_retry_then_deliver(state: State, sandbox: SandboxProcess) -> None:
 
 
 def test_discard_and_prune(state: State) -> None:
-    assert state.json("outbox", "discard", "d-400", "--yes") == {"discarded": 1, "skipped": []}
+    assert state.json("outbox", "discard", "d-400", "--yes") == {
+        "discarded": 1,
+        "skipped": [],
+        "left_alone": 0,
+    }
     refused = state.cli("outbox", "discard", "--all-dead", input="n\n", code=1)
     assert "discard 2 dead event(s)?" in refused.stderr
     done = state.cli("outbox", "discard", "--all-dead", input="y\n")

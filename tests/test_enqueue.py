@@ -72,6 +72,14 @@ def test_invalid_event_writes_nothing(enqueuer: Enqueuer) -> None:
     assert queued(enqueuer) == []
 
 
+def test_a_lone_surrogate_is_invalid_not_a_crash(enqueuer: Enqueuer) -> None:
+    with pytest.raises(relay.InvalidEvent) as info:
+        relay.enqueue("servoki", {"event_type": "buy\ud800now"})
+    assert "servoki must be text that is valid Unicode (no lone surrogate" in str(info.value)
+    assert "buy" in str(info.value)  # where in the event it is
+    assert queued(enqueuer) == []
+
+
 def test_aenqueue(enqueuer: Enqueuer) -> None:
     async def handler() -> list[str]:
         ids = [

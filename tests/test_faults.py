@@ -29,7 +29,8 @@ def fault_settings(make_settings: Callable[..., Settings]) -> Callable[..., Sett
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "heartbeat_seconds": 1.0,
-            "lease_seconds": 2.0,
+            "lease_seconds": 3.0,
+            "read_timeout": 1.0,
             "pump_seconds": 3.0,
             "backoff_base": 0.05,
             "backoff_cap": 0.5,

@@ -50,7 +50,7 @@ def test_counters_follow_real_deliveries(
         "relay_events_retried_total": 1,
         "relay_responses_429_total": 1,
         "relay_delivery_latency_seconds_count": 3,
-        "relay_limiter_wait_seconds_count": 5,
+        "relay_limiter_wait_seconds_count": 5,  # one per request sent
     }
 
 

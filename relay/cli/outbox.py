@@ -206,8 +206,10 @@ def _change(
     with admin.db_errors(), progress(total, f"{verb}ing") as advance:
         done = change(admin.engine, ids=ids, filters=filters, progress=advance) if total else 0
     key = "retried" if verb == "retry" else "discarded"
+    # Rows that changed between selection and update, or (discard) that a worker is sending.
+    busy = max(0, total - done)
     if as_json:
-        emit_json(admin, {key: done, "skipped": skipped})
+        emit_json(admin, {key: done, "skipped": skipped, "left_alone": busy})
         return
     for row in skipped:
         click.echo(
@@ -220,6 +222,12 @@ def _change(
         )
     else:
         click.echo(f"discarded {done} event(s): never sent again, kept until pruned")
+    if busy:
+        click.echo(
+            f"left {busy} event(s) alone: a worker changed them meanwhile or is sending them "
+            f"right now; check them with `relay outbox show`, then {verb} again if needed",
+            err=True,
+        )
 
 
 def change_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -79,7 +79,7 @@ class Destination:
         # Any 2xx means the API took the event; resending it could only double-count.
         if 200 <= status < 300:
             return Outcome.delivered(status)
-        detail = body.strip() or f"HTTP {status}"
+        detail = self.redact(body.strip()) or f"HTTP {status}"
         if status in (401, 403):
             return Outcome.pause(status, detail)
         if status == 429:
@@ -89,6 +89,21 @@ class Destination:
         if status == 408 or status >= 500:
             return Outcome.retry(status, detail, retry_after=parse_retry_after(headers))
         return Outcome.dead(status, detail)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never be kept or logged: the key (subclasses add its parts)."""
+        return (self.config.api_key.get_secret_value(),)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of this destination replaced by ``***``.
+
+        A response body is stored and logged; an API that echoes the Authorization header
+        back (a proxy's error page, a debugging endpoint) must not put the key there.
+        """
+        for secret in self.secrets():
+            if len(secret) >= 8:
+                text = text.replace(secret, "***")
+        return text
 
     # -- 4. which rate-limit scopes does a request consume? --------------------------
 

@@ -52,6 +52,11 @@ class DataLook(Destination):
             body["properties"] = self._properties(body["properties"])
         return (new_event_id() if event_id is None else check_event_id(self, event_id)), body
 
+    def secrets(self) -> tuple[str, ...]:
+        key = self.config.api_key.get_secret_value()
+        match = KEY_PATTERN.fullmatch(key)
+        return (key, match.group(2)) if match else (key,)
+
     def limit_scopes(self) -> tuple[str, ...]:
         return (f"datalook:key:{key_id(self.config.api_key.get_secret_value())}",)
 
