@@ -367,7 +367,7 @@ class Dispatcher:
         if outcome.verdict is not Verdict.RETRY:
             return outcome
         reason = self.policy.exhausted(
-            self._attempts_used(claim, outcome), claim.enqueued_at, utcnow()
+            self._attempts_used(claim, outcome), claim.age_from, utcnow()
         )
         if reason is None:
             return outcome

@@ -48,8 +48,14 @@ class Claim:
     attempts: int
     enqueued_at: datetime
     lease_token: str
+    retried_at: datetime | None = None
     lease_deadline: float = float("inf")
     """``time.monotonic()`` when the lease ends (taken before the claim, so never late)."""
+
+    @property
+    def age_from(self) -> datetime:
+        """Where the age limit counts from: the operator's last retry, else the enqueue."""
+        return self.retried_at or self.enqueued_at
 
     def lease_left(self) -> float:
         """Seconds of this claim's lease still ahead."""
@@ -150,6 +156,7 @@ class Outbox:
                 outbox.c.payload,
                 outbox.c.attempts,
                 outbox.c.enqueued_at,
+                outbox.c.retried_at,
             )
         )
         with self.engine.begin() as conn:
@@ -163,6 +170,7 @@ class Outbox:
                 attempts=row.attempts,
                 enqueued_at=row.enqueued_at,
                 lease_token=token,
+                retried_at=row.retried_at,
                 lease_deadline=deadline,
             )
             for row in rows

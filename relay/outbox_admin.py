@@ -81,6 +81,7 @@ def row_dict(row: Any) -> dict[str, Any]:
         else None,
         "created_at": _iso(row.created_at),
         "enqueued_at": _iso(row.enqueued_at),
+        "retried_at": _iso(row.retried_at),
         "updated_at": _iso(row.updated_at),
         "next_attempt_at": _iso(row.next_attempt_at)
         if row.status == Status.PENDING.value
@@ -103,6 +104,7 @@ _LISTED = (
     outbox.c.last_error,
     outbox.c.created_at,
     outbox.c.enqueued_at,
+    outbox.c.retried_at,
     outbox.c.updated_at,
     outbox.c.next_attempt_at,
     outbox.c.delivered_at,
@@ -184,6 +186,7 @@ def retry(
         "lease_token": None,
         "delivered_at": None,
         "updated_at": now,
+        "retried_at": now,  # a fresh age budget too, not only fresh attempts
     }
     return _change(engine, outbox.c.status.in_(RETRYABLE), values, ids, filters, batch, progress)
 

@@ -26,11 +26,14 @@ class RetryPolicy:
             wait = max(wait, min(retry_after, self.retry_after_cap))
         return wait
 
-    def exhausted(self, attempts: int, enqueued_at: datetime, now: datetime) -> str | None:
-        """Why no further attempt is allowed (the reason to record), or None."""
+    def exhausted(self, attempts: int, since: datetime, now: datetime) -> str | None:
+        """Why no further attempt is allowed (the reason to record), or None.
+
+        ``since`` is where the age counts from: the enqueue, or an operator's last retry.
+        """
         if attempts >= self.max_attempts:
             return f"gave up after {attempts} attempts (RELAY_MAX_ATTEMPTS={self.max_attempts})"
-        age = (now - enqueued_at).total_seconds()
+        age = (now - since).total_seconds()
         if age >= self.max_age:
             return f"gave up after {age:.0f}s (RELAY_MAX_AGE_SECONDS={self.max_age:.0f})"
         return None

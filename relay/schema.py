@@ -74,6 +74,8 @@ outbox = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
+    # Set by `relay outbox retry`: the age limit (RELAY_MAX_AGE_SECONDS) counts from here.
+    Column("retried_at", UTCDateTime, nullable=True),
     UniqueConstraint("destination", "event_id", name="uq_relay_outbox_destination_event"),
     # Due rows: status = pending AND next_attempt_at <= now, oldest first.
     Index("ix_relay_outbox_due", "status", "next_attempt_at"),

@@ -20,6 +20,7 @@ from tests.conftest import DATALOOK_KEY
 ROW_FIELDS = {
     "event_id", "destination", "status", "attempts", "last_status", "last_error", "created_at",
     "updated_at", "delivered_at", "next_attempt_at", "enqueued_at", "reason",
+    "retried_at",
 }  # fmt: skip
 
 

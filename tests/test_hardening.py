@@ -278,6 +278,41 @@ def test_odd_queue_items_never_block_the_drain(
     assert any("not valid UTF-8 text" in r for r in poison)
 
 
+# -- operators --------------------------------------------------------------------------------
+
+
+def test_an_operator_retry_gives_a_fresh_age_budget(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess, db_url: str
+) -> None:
+    """An event dead of old age (a long outage) gets its full attempts again when retried,
+    not a single attempt that the age limit ends at once."""
+    settings = make_settings(max_age_seconds=600, max_attempts=3)
+    [event_id] = enqueue(settings, "servoki", purchases(1))
+    worker = Worker(settings)
+    try:
+        worker.drain()
+        with worker.engine.begin() as conn:
+            conn.execute(update(outbox).values(enqueued_at=utcnow() - timedelta(hours=4)))
+        sandbox.set_faults(outage=True)
+        worker.flush(max_wait=5)
+        row = rows(worker)[event_id]
+        assert row.status == "dead" and row.attempts == 1
+        assert "(RELAY_MAX_AGE_SECONDS=600)" in row.last_error
+
+        assert outbox_admin.retry(worker.engine, ids=[row.id]) == 1
+        worker.flush(max_wait=5)
+        row = rows(worker)[event_id]
+        assert row.status == "dead" and row.attempts == 3  # all its attempts, then dead
+        assert "gave up after 3 attempts" in row.last_error
+        assert row.retried_at is not None and row.retried_at > row.enqueued_at
+
+        sandbox.clear_faults()
+        assert outbox_admin.retry(worker.engine, ids=[row.id]) == 1
+        assert worker.flush(max_wait=5).exit_code == 0
+    finally:
+        worker.close()
+
+
 # -- operators racing workers ------------------------------------------------------------------
 
 

@@ -100,3 +100,36 @@ def test_next_due_and_dead_reasons(box: Outbox) -> None:
     due = box.next_due_at(["servoki"])
     assert due is not None and 25 < (due - utcnow()).total_seconds() <= 30
     assert box.dead_reasons() == {"servoki": {"HTTP 404": 1, "gave up after 25 attempts": 1}}
+
+
+def test_migration_0003_keeps_rows_and_goes_both_ways(db_url: str) -> None:
+    """An outbox at 0002 with rows in it upgrades in place (retried_at NULL) and back."""
+    from alembic import command
+    from sqlalchemy import inspect, select
+
+    from relay.migrate import _config, is_current, upgrade
+    from relay.schema import outbox
+
+    def columns() -> set[str]:
+        return {c["name"] for c in inspect(engine).get_columns("relay_outbox")}
+
+    engine = make_engine(db_url)
+    config = _config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert "retried_at" not in columns() and not is_current(engine)
+    now = utcnow()
+    with engine.begin() as conn:  # only 0002's columns named: the insert works at 0002
+        conn.execute(
+            outbox.insert().values(
+                destination="servoki", event_id="old", payload={"n": 1}, status="dead",
+                attempts=25, next_attempt_at=now, enqueued_at=now, created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+    upgrade(engine)
+    assert "retried_at" in columns() and is_current(engine)
+    with engine.connect() as conn:
+        [row] = conn.execute(select(outbox)).all()
+    engine.dispose()
+    assert row.event_id == "old" and row.attempts == 25 and row.retried_at is None

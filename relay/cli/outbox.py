@@ -125,7 +125,7 @@ def show(ctx: click.Context, event_id: str, destination: str | None, as_json: bo
     facts = table("field", "value", title=title)
     for field in (
         "status", "attempts", "last_status", "last_error", "reason", "enqueued_at",
-        "created_at", "updated_at", "next_attempt_at", "delivered_at",
+        "retried_at", "created_at", "updated_at", "next_attempt_at", "delivered_at",
     ):  # fmt: skip
         if detail[field] is not None:
             facts.add_row(
@@ -217,8 +217,8 @@ def _change(
         )
     if verb == "retry":
         click.echo(
-            f"retried {done} event(s): pending again with attempts reset; a worker sends them "
-            "on its next round (or run `relay flush`)"
+            f"retried {done} event(s): pending again with attempts and age reset; a worker "
+            "sends them on its next round (or run `relay flush`)"
         )
     else:
         click.echo(f"discarded {done} event(s): never sent again, kept until pruned")
@@ -259,7 +259,7 @@ def retry(
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Send dead (or discarded) events again: back to pending, attempts reset.
+    """Send dead (or discarded) events again: back to pending, attempts and age limit reset.
 
     Named events are retried at once; --all-dead asks first unless --yes.
     """
