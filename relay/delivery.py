@@ -86,7 +86,7 @@ class Dispatcher:
         http: httpx.Client,
         pauses: Pauses,
         limiter: Limiter,
-        policy: RetryPolicy,
+        policies: Mapping[str, RetryPolicy],
         *,
         lease_seconds: float = 60.0,
         concurrency: int = 4,
@@ -99,7 +99,8 @@ class Dispatcher:
         self.http = http
         self.pauses = pauses
         self.limiter = limiter
-        self.policy = policy
+        self.policies = policies
+        """Each destination's retry policy."""
         self.lease_seconds = lease_seconds
         self.concurrency = concurrency
         # Far below the lease: a claimed row goes out long before its lease could end.
@@ -202,11 +203,12 @@ class Dispatcher:
         Attempts are counted when a row is claimed, so a row whose every delivery stopped the
         worker mid-request (killed, out of memory) still runs out instead of looping forever.
         """
-        if claim.attempts <= self.policy.max_attempts:
+        policy = self.policies[claim.destination]
+        if claim.attempts <= policy.max_attempts:
             return False
         reason = (
             f"gave up after {claim.attempts - 1} attempts "
-            f"(RELAY_MAX_ATTEMPTS={self.policy.max_attempts}); the last ones never finished: "
+            f"({policy.attempts_setting}={policy.max_attempts}); the last ones never finished: "
             "the worker stopped while sending (see its logs)"
         )
         if self.outbox.mark_dead(claim, None, reason):
@@ -350,7 +352,8 @@ class Dispatcher:
         return recorded
 
     def _retry(self, claim: Claim, outcome: Outcome, where: str) -> bool:
-        delay = self.policy.delay(self._attempts_used(claim, outcome), outcome.retry_after)
+        policy = self.policies[claim.destination]
+        delay = policy.delay(self._attempts_used(claim, outcome), outcome.retry_after)
         log.warning(
             "retry %s status=%s in %.1fs: %s",
             where,
@@ -366,7 +369,7 @@ class Dispatcher:
         """A retry the policy no longer allows becomes dead, with the reason and last error."""
         if outcome.verdict is not Verdict.RETRY:
             return outcome
-        reason = self.policy.exhausted(
+        reason = self.policies[claim.destination].exhausted(
             self._attempts_used(claim, outcome), claim.age_from, utcnow()
         )
         if reason is None:

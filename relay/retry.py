@@ -16,6 +16,9 @@ class RetryPolicy:
     max_attempts: int = 25
     max_age: float = 72 * 3600.0
     retry_after_cap: float = 3600.0
+    attempts_setting: str = "RELAY_MAX_ATTEMPTS"
+    age_setting: str = "RELAY_MAX_AGE_SECONDS"
+    """Where the limits were set, named in the reason a row went dead."""
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
         """Seconds to wait before the next attempt, after ``attempts`` failed ones."""
@@ -32,8 +35,10 @@ class RetryPolicy:
         ``since`` is where the age counts from: the enqueue, or an operator's last retry.
         """
         if attempts >= self.max_attempts:
-            return f"gave up after {attempts} attempts (RELAY_MAX_ATTEMPTS={self.max_attempts})"
+            return (
+                f"gave up after {attempts} attempts ({self.attempts_setting}={self.max_attempts})"
+            )
         age = (now - since).total_seconds()
         if age >= self.max_age:
-            return f"gave up after {age:.0f}s (RELAY_MAX_AGE_SECONDS={self.max_age:.0f})"
+            return f"gave up after {age:.0f}s ({self.age_setting}={self.max_age:.0f})"
         return None

@@ -9,6 +9,11 @@ settings as top-level keys plus ``[destinations.NAME]`` tables for more named de
     url = "https://eu.datalook.example"
     api_key_env = "DATALOOK_EU_API_KEY"      # or api_key_file = "/run/secrets/datalook-eu"
 
+and ``[retry.NAME]`` tables that give one destination its own retry policy::
+
+    [retry.servoki]
+    max_attempts = 10
+
 Keys are held as ``SecretStr``: they never appear in ``repr``, logs or error messages.
 """
 
@@ -42,6 +47,18 @@ class DestinationEntry(BaseModel):
     api_key_file: Path | None = None
     site: str | None = None
     rate_limit: str | None = None
+
+
+class RetryEntry(BaseModel):
+    """One ``[retry.NAME]`` table: a destination's own retry policy (unset: the global one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(default=None, gt=0)
+    max_age_seconds: float | None = Field(default=None, gt=0)
+    backoff_base: float | None = Field(default=None, gt=0)
+    backoff_cap: float | None = Field(default=None, gt=0)
+    retry_after_cap: float | None = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,7 @@ class Settings(BaseSettings):
     metrics_addr: str = "0.0.0.0"
 
     destinations: dict[str, DestinationEntry] = Field(default_factory=dict)
+    retry: dict[str, RetryEntry] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -193,7 +211,27 @@ class Settings(BaseSettings):
         for name, entry in self.destinations.items():
             found[name] = _named_destination(name, entry, self.servoki_egress_scope)
             self._checked_rate(found[name].rate_limit, f"rate_limit of [destinations.{name}]")
+        for name in self.retry:
+            if name not in found:
+                raise ConfigError(
+                    f"[retry.{name}] in RELAY_CONFIG names no enabled destination (enabled: "
+                    f"{', '.join(found) or 'none'}); fix the name or set that destination's key"
+                )
         return found
+
+    def retry_settings(self, destination: str) -> dict[str, Any]:
+        """The retry policy of ``destination``: its ``[retry.NAME]`` table over the globals."""
+        values = {
+            "max_attempts": self.max_attempts,
+            "max_age_seconds": self.max_age_seconds,
+            "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap,
+            "retry_after_cap": self.retry_after_cap,
+        }
+        entry = self.retry.get(destination)
+        if entry is not None:
+            values.update(entry.model_dump(exclude_none=True))
+        return values
 
     def _checked_rate(self, text: str, setting: str) -> str:
         """``text`` if it is a limit the buckets can pace under the jitter margin."""

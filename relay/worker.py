@@ -100,13 +100,7 @@ class Worker:
             self.http,
             self.pauses,
             self.limiter,
-            RetryPolicy(
-                base=settings.backoff_base,
-                cap=settings.backoff_cap,
-                max_attempts=settings.max_attempts,
-                max_age=settings.max_age_seconds,
-                retry_after_cap=settings.retry_after_cap,
-            ),
+            {name: retry_policy(settings, name) for name in self.destinations},
             lease_seconds=settings.lease_seconds,
             concurrency=settings.send_concurrency,
             send_seconds=settings.send_seconds,
@@ -251,6 +245,26 @@ class Worker:
             log.warning("could not deregister consumer on close: %s", exc)
         self.redis.close()
         self.engine.dispose()
+
+
+def retry_policy(settings: Settings, destination: str) -> RetryPolicy:
+    """``destination``'s retry policy: its ``[retry.NAME]`` table over the global settings."""
+    values = settings.retry_settings(destination)
+    own = settings.retry.get(destination)
+    table = f"[retry.{destination}] "
+    return RetryPolicy(
+        base=values["backoff_base"],
+        cap=values["backoff_cap"],
+        max_attempts=values["max_attempts"],
+        max_age=values["max_age_seconds"],
+        retry_after_cap=values["retry_after_cap"],
+        attempts_setting=table + "max_attempts"
+        if own and own.max_attempts
+        else "RELAY_MAX_ATTEMPTS",
+        age_setting=table + "max_age_seconds"
+        if own and own.max_age_seconds
+        else "RELAY_MAX_AGE_SECONDS",
+    )
 
 
 def warn_if_redis_can_lose_events(client: redis.Redis) -> None:

@@ -217,6 +217,9 @@ def test_named_destinations_from_toml(
             kind = "servoki"
             api_key_env = "SHOP_SERVOKI_KEY"
             site = "shop.example.com"
+            [retry.servoki-shop]
+            max_attempts = 5
+            backoff_cap = 60.0
             """
         )
     )
@@ -228,6 +231,11 @@ def test_named_destinations_from_toml(
     configs = settings.destination_configs()
     assert set(configs) == {"datalook-eu", "servoki-shop"}
     assert configs["servoki-shop"].url == "https://servoki.com"
+    assert settings.retry_settings("servoki-shop") == {
+        "max_attempts": 5, "max_age_seconds": 259200.0, "backoff_base": 2.0,
+        "backoff_cap": 60.0, "retry_after_cap": 3600.0,
+    }  # fmt: skip
+    assert settings.retry_settings("datalook-eu")["max_attempts"] == 25  # the global default
     client = Enqueuer(settings)
     _, item = client.encode("datalook-eu", {"event_name": "click", "page_path": "/"})
     assert json.loads(item)["d"] == "datalook-eu"
@@ -254,3 +262,32 @@ def test_toml_errors(clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert "reads its key from $NOPE_KEY, which is not set" in settings_error(monkeypatch)
     config.write_text("[destinations.x\n")
     assert "is not valid TOML" in settings_error(monkeypatch)
+    config.write_text("[retry.servoki]\nmax_attempts = 3\n")
+    assert "[retry.servoki] in RELAY_CONFIG names no enabled destination (enabled: none)" in (
+        settings_error(monkeypatch)
+    )
+    config.write_text("[retry.servoki]\nmax_atempts = 3\n")
+    assert "RELAY_RETRY_SERVOKI_MAX_ATEMPTS: Extra inputs are not permitted" in settings_error(
+        monkeypatch
+    )
+
+
+def test_the_example_config_file_loads(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """config/relay.example.toml stays a working file (only its secret path is swapped)."""
+    from tests.conftest import ROOT
+
+    secret = tmp_path / "servoki-shop"
+    secret.write_text(SERVOKI_KEY)
+    text = (ROOT / "config" / "relay.example.toml").read_text()
+    config = tmp_path / "relay.toml"
+    config.write_text(text.replace("/run/secrets/servoki-shop", str(secret)))
+    monkeypatch.setenv("RELAY_CONFIG", str(config))
+    monkeypatch.setenv("DATALOOK_EU_API_KEY", DATALOOK_KEY)
+    monkeypatch.setenv("RELAY_DATALOOK_API_KEY", DATALOOK_KEY)
+    monkeypatch.setenv("RELAY_DATALOOK_URL", "https://dl.example.com")
+    settings = load_settings()
+    settings.check_lease()
+    assert set(settings.destination_configs()) == {"datalook", "datalook-eu", "servoki-shop"}
+    assert settings.retry_settings("datalook")["max_attempts"] == 10

@@ -209,6 +209,27 @@ def test_retries_end_dead_after_max_attempts(
     assert "gave up after 3 attempts" in row["last_error"]
 
 
+def test_each_destination_can_have_its_own_retry_policy(
+    make_relay: Callable[..., Relay], sandbox: SandboxProcess, db_url: str
+) -> None:
+    relay_ = make_relay(max_attempts=4, retry={"servoki": {"max_attempts": 2}})
+    sandbox.set_faults(outage=True)
+    relay_.enqueuer.push(
+        [
+            relay_.enqueuer.encode("servoki", servoki(1)[0], "s-doomed")[1],
+            relay_.enqueuer.encode("datalook", datalook(1)[0], "d-doomed")[1],
+        ]
+    )
+    assert relay_.worker.flush(max_wait=5).exit_code == 1
+    found = relay_.rows()
+    assert found["s-doomed"]["attempts"] == 2 and found["d-doomed"]["attempts"] == 4
+    assert (
+        "gave up after 2 attempts ([retry.servoki] max_attempts=2)"
+        in (found["s-doomed"]["last_error"])
+    )
+    assert "gave up after 4 attempts (RELAY_MAX_ATTEMPTS=4)" in found["d-doomed"]["last_error"]
+
+
 def test_429_waits_for_retry_after_and_costs_no_attempt(
     relay_: Relay, sandbox: SandboxProcess
 ) -> None:
