@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -25,6 +26,7 @@ from relay.keys import Keys
 from relay.outbox import NewEvent
 
 log = logging.getLogger("relay.queue")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _script(name: str) -> str:
@@ -80,25 +82,24 @@ def _parse_one(item: bytes, known: frozenset[str], max_bytes: int) -> NewEvent:
         raise ValueError(f"bad event id {event_id!r}")
     if not isinstance(payload, dict):
         raise ValueError("payload is not an object")
-    try:
-        # The outbox stores UTF-8: a lone surrogate would fail the insert of the whole batch.
-        json.dumps(payload, ensure_ascii=False).encode()
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"payload is not valid UTF-8 text: {exc.reason}") from None
+    # The outbox stores UTF-8: a lone surrogate would fail the insert of the whole batch. Only
+    # a \uD800-\uDFFF escape can make one, so the full check runs only when one appears.
+    if _SURROGATE_ESCAPE.search(item):
+        try:
+            json.dumps(payload, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"payload is not valid UTF-8 text: {exc.reason}") from None
     return NewEvent(destination, event_id, payload, _enqueued_at(stamp))
 
 
 def _enqueued_at(stamp: object) -> datetime:
     """When the item was enqueued: its stamp, or now when the stamp is missing or absurd."""
-    now = time.time()
-    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
-        return datetime.fromtimestamp(now, UTC)
-    try:
-        return datetime.fromtimestamp(stamp, UTC)
-    except (OverflowError, OSError, ValueError):
-        # A stamp far outside the calendar (1e20, -1e20) is a foreign writer's bug; the
-        # event itself is fine. Its age counts from now.
-        return datetime.fromtimestamp(now, UTC)
+    if not isinstance(stamp, bool) and isinstance(stamp, int | float):
+        try:
+            return datetime.fromtimestamp(stamp, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass  # far outside the calendar (1e20): a foreign writer's bug; count from now
+    return datetime.now(UTC)
 
 
 class Queue:

@@ -251,19 +251,21 @@ def retry_policy(settings: Settings, destination: str) -> RetryPolicy:
     """``destination``'s retry policy: its ``[retry.NAME]`` table over the global settings."""
     values = settings.retry_settings(destination)
     own = settings.retry.get(destination)
-    table = f"[retry.{destination}] "
+
+    def origin(name: str) -> str:
+        """The setting a dead row's reason names: the table's, or the global variable."""
+        if own is not None and getattr(own, name) is not None:
+            return f"[retry.{destination}] {name}"
+        return f"RELAY_{name.upper()}"
+
     return RetryPolicy(
         base=values["backoff_base"],
         cap=values["backoff_cap"],
         max_attempts=values["max_attempts"],
         max_age=values["max_age_seconds"],
         retry_after_cap=values["retry_after_cap"],
-        attempts_setting=table + "max_attempts"
-        if own and own.max_attempts
-        else "RELAY_MAX_ATTEMPTS",
-        age_setting=table + "max_age_seconds"
-        if own and own.max_age_seconds
-        else "RELAY_MAX_AGE_SECONDS",
+        attempts_setting=origin("max_attempts"),
+        age_setting=origin("max_age_seconds"),
     )
 
 
