@@ -23,6 +23,7 @@ from relay import embedded
 from relay import outbox_admin as rows
 from relay.db import make_engine, safe_url
 from relay.errors import ConfigError, UnknownDestination, Unreachable
+from relay.full_redis import FULL_ADVICE, RedisMemory, redis_memory
 from relay.keys import Keys
 from relay.migrate import is_current, upgrade
 from relay.outbox import Outbox
@@ -149,6 +150,10 @@ class Admin:
 
     # -- Redis state ----------------------------------------------------------------------
 
+    def memory(self) -> RedisMemory:
+        with self.redis_errors():
+            return redis_memory(self.redis)
+
     def queue_length(self) -> int:
         with self.redis_errors():
             return int(self.redis.llen(self.keys.queue))
@@ -160,7 +165,7 @@ class Admin:
     def quarantine(self, recent: int = 5) -> dict[str, Any]:
         """Quarantined items: how many, how many ever, and the newest reasons (not the items)."""
         with self.redis_errors():
-            pipe = self.redis.pipeline()
+            pipe = self.redis.pipeline(transaction=False)  # MULTI fails on a full Redis
             pipe.llen(self.keys.quarantine)
             pipe.get(self.keys.quarantined_total)
             pipe.lrange(self.keys.quarantine, 0, recent - 1)
@@ -252,6 +257,7 @@ class Admin:
     def status(self, alive_within: float = 60.0) -> dict[str, Any]:
         """Everything ``relay status`` shows, as plain data."""
         queue = self.queue_length()
+        memory = self.memory()
         queued = self.queued_by_destination()
         paused = self.pauses()
         beats = self.heartbeats()
@@ -287,6 +293,12 @@ class Admin:
             }
         return {
             "queue": queue,
+            "redis": {
+                "used_memory": memory.used,
+                "maxmemory": memory.maxmemory,
+                "maxmemory_policy": memory.policy,
+                "full": memory.full,
+            },
             "quarantine": self.quarantine(),
             "workers": {
                 "alive": sum(1 for at in beats.values() if now - at <= alive_within),
@@ -301,10 +313,13 @@ class Admin:
         try:
             with self.redis_errors():
                 self.redis.ping()
+            memory = self.memory()
             with self.db_errors(), self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except (Unreachable, ConfigError) as exc:
             return str(exc)
+        if memory.full:
+            return f"{self.redis_where} is at its memory limit ({memory.describe()}): {FULL_ADVICE}"
         if max_age is None:
             return None
         beats = self.heartbeats()

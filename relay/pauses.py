@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from relay import lua
 from relay.keys import Keys
 
 log = logging.getLogger("relay.pauses")
@@ -32,6 +33,9 @@ class Pauses:
         self.keys = keys
         self.probe_seconds = probe_seconds
         self.probe_cap = probe_cap
+        # Scripts, not HSET / SET NX: they also work on a full Redis (see relay/lua/pause.lua).
+        self._pause = client.register_script(lua.source("pause.lua"))
+        self._probe_lock = client.register_script(lua.source("probe_lock.lua"))
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Paused destinations → their record (reason, since, probe_at, interval, status)."""
@@ -62,11 +66,12 @@ class Pauses:
                 "probe_at": time.time() + interval if by == "relay" else None,
             }
         )
-        if current is not None or by != "relay":
-            self.redis.hset(self.keys.paused, name, record)
-        elif self.redis.hsetnx(self.keys.paused, name, record):
+        # Only the first refusal of a round pauses; the others find it paused already.
+        first_only = current is None and by == "relay"
+        if self._pause(keys=[self.keys.paused], args=[name, record, int(first_only)]) and (
+            first_only
+        ):
             log.error("destination %s paused: %s", name, reason)
-        # else: another request of the same round was refused first; it is paused already.
 
     def resume(self, name: str) -> bool:
         """Resume ``name``; False if it was not paused."""
@@ -82,7 +87,7 @@ class Pauses:
             return False
         # One prober per interval across all workers.
         lock = f"{self.keys.paused}:probe:{name}"
-        return bool(self.redis.set(lock, "1", nx=True, ex=max(1, int(record["interval"]))))
+        return bool(self._probe_lock(keys=[lock], args=[max(1, int(record["interval"]))]))
 
 
 def _text(value: bytes | str) -> str:

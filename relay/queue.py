@@ -15,22 +15,19 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.resources import files
 from typing import Any
 
 import redis
 
+from relay import lua
 from relay.keys import Keys
 from relay.outbox import NewEvent
 
 log = logging.getLogger("relay.queue")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _script(name: str) -> str:
-    return files("relay").joinpath("lua", name).read_text()
 
 
 def consumer_id() -> str:
@@ -123,16 +120,25 @@ class Queue:
         # The limit is on the whole item; enqueue() checks the same, so only foreign or
         # hand-made items ever exceed it.
         self.max_item_bytes = max_item_bytes
-        self._take = client.register_script(_script("take_batch.lua"))
-        self._reap = client.register_script(_script("reap.lua"))
+        self._take = client.register_script(lua.source("take_batch.lua"))
+        self._reap = client.register_script(lua.source("reap.lua"))
+        self._heartbeat = client.register_script(lua.source("heartbeat.lua"))
+        self._alive = client.register_script(lua.source("worker_alive.lua"))
+        self._ack = client.register_script(lua.source("ack.lua"))
 
     @property
     def processing(self) -> str:
         return self.keys.processing(self.consumer)
 
-    def beat(self) -> None:
-        """Refresh this consumer's heartbeat."""
-        self.redis.set(self.keys.heartbeat(self.consumer), "1", px=self.heartbeat_ms)
+    def beat(self, ttl: float | None = None) -> None:
+        """Refresh this consumer's heartbeat (for ``ttl`` seconds, default the heartbeat's)."""
+        ttl_ms = self.heartbeat_ms if ttl is None else int(ttl * 1000)
+        keys = [self.keys.heartbeat(self.consumer), self.keys.consumers]
+        self._heartbeat(keys=keys, args=[ttl_ms, self.consumer])
+
+    def alive(self) -> None:
+        """Tell ``relay health`` and ``relay status`` that this worker is running."""
+        self._alive(keys=[self.keys.workers], args=[self.consumer, time.time()])
 
     def take(self, batch_size: int, wait: float = 0.0) -> Batch:
         """Take up to ``batch_size`` items into the processing list and parse them.
@@ -143,14 +149,18 @@ class Queue:
         raw = self._take_raw(batch_size)
         if not raw and wait > 0:
             # The heartbeat must outlive the block, or the reaper could take the moved item.
-            self.redis.set(
-                self.keys.heartbeat(self.consumer),
-                "1",
-                px=max(self.heartbeat_ms, int(wait * 1000) + 5000),
-            )
-            self.redis.sadd(self.keys.consumers, self.consumer)
+            self.beat(max(self.heartbeat_ms / 1000, wait + 5))
             timeout: Any = wait  # redis-py types it int; Redis takes fractional seconds
-            if self.redis.blmove(self.keys.queue, self.processing, timeout, "LEFT", "RIGHT"):
+            try:
+                moved = self.redis.blmove(
+                    self.keys.queue, self.processing, timeout, "LEFT", "RIGHT"
+                )
+            except redis.exceptions.OutOfMemoryError:
+                # A full Redis refuses BLMOVE (it may grow memory). The queue is empty, so
+                # something else fills Redis: poll instead of blocking.
+                time.sleep(wait)
+                moved = None
+            if moved:
                 raw = self._take_raw(batch_size)
         return self.parse(raw)
 
@@ -163,10 +173,12 @@ class Queue:
     def parse(self, raw: list[bytes]) -> Batch:
         return parse_items(raw, self.known, self.max_item_bytes)
 
-    def quarantine(self, poison: list[tuple[bytes, str]]) -> None:
-        """Keep unparseable items, with the reason, where an operator can see them."""
-        if not poison:
-            return
+    def ack(self, poison: Sequence[tuple[bytes, str]] = ()) -> None:
+        """The batch is in the outbox: drop the processing list, quarantine ``poison``.
+
+        One script, so a crash cannot quarantine the same items twice; it works on a full
+        Redis too (its first write frees the processing list).
+        """
         entries = [
             json.dumps(
                 {
@@ -178,16 +190,10 @@ class Queue:
             )
             for item, reason in poison
         ]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(self.keys.quarantine, *entries)
-        pipe.incrby(self.keys.quarantined_total, len(entries))
-        pipe.execute()
+        keys = [self.processing, self.keys.quarantine, self.keys.quarantined_total]
+        self._ack(keys=keys, args=entries)
         for _, reason in poison:
             log.error("quarantined a queue item that cannot be delivered: %s", reason)
-
-    def ack(self) -> None:
-        """Drop the processing list: its items are committed to the outbox (or quarantined)."""
-        self.redis.delete(self.processing)
 
     def reap(self) -> int:
         """Return batches of consumers whose heartbeat expired to the queue; how many items."""
@@ -200,7 +206,8 @@ class Queue:
 
     def leave(self) -> None:
         """On a clean exit: this consumer owns nothing any more."""
-        pipe = self.redis.pipeline(transaction=True)
+        # No MULTI: a full Redis refuses every command queued in a transaction, even a DEL.
+        pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.keys.heartbeat(self.consumer))
         pipe.srem(self.keys.consumers, self.consumer)
         pipe.execute()

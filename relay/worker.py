@@ -143,11 +143,10 @@ class Worker:
         failpoints.hit("drain.after_take")
         report.inserted = self.outbox.insert(batch.events)
         failpoints.hit("drain.after_commit")
-        self.queue.quarantine(batch.poison)
+        # Crash here (after the commit, before the ack): the reaper puts the batch back and
+        # the outbox's unique key turns the second insert into a no-op.
+        self.queue.ack(batch.poison)
         report.quarantined = len(batch.poison)
-        # Crash here (after the commit, before this delete): the reaper puts the batch back
-        # and the outbox's unique key turns the second insert into a no-op.
-        self.queue.ack()
         if report.taken:
             log.info(
                 "drained %d items: %d new, %d duplicates, %d quarantined",
@@ -173,7 +172,7 @@ class Worker:
             try:
                 if time.monotonic() >= next_reap:
                     self.queue.reap()
-                    self.redis.hset(self.keys.workers, self.queue.consumer, time.time())
+                    self.queue.alive()
                     next_reap = time.monotonic() + self.settings.heartbeat_seconds / 3
                 drained = self.drain()
                 round_ = self.dispatch()

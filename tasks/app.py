@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from relay import embedded
+from relay.full_redis import FullRedisWatch
 from relay.settings import Settings, load_settings
 
 settings: Settings = load_settings()
@@ -63,6 +69,23 @@ app.conf.update(
 
 
 _metrics_server: Any = None
+_full_redis: FullRedisWatch | None = None
+
+
+@worker_init.connect
+def _watch_for_a_full_redis(**_: Any) -> None:
+    # On a full Redis beat cannot publish wake-ups and Celery's consumer dies at start (kombu
+    # takes a lock with SET NX): drain first, then keep watching from this main process.
+    global _full_redis
+    _full_redis = FullRedisWatch(settings)
+    _full_redis.relieve()
+    _full_redis.start()
+
+
+@worker_shutdown.connect
+def _stop_watching(**_: Any) -> None:
+    if _full_redis is not None:
+        _full_redis.stop()
 
 
 @worker_init.connect

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from relay.cli.base import main
 from relay.cli.output import age, ago, emit, emit_json, json_option, open_admin, table
+from relay.full_redis import FULL_ADVICE
 
 
 @main.command()
@@ -65,6 +66,13 @@ def status(ctx: click.Context, alive_within: float, as_json: bool) -> None:
     quarantine = report["quarantine"]
     workers = report["workers"]
     notes.append(f"queue: {report['queue']} event(s) in Redis")
+    memory = report["redis"]
+    if memory["full"]:
+        notes.append(
+            f"[red]Redis is at its memory limit[/] ({memory['used_memory'] / 2**20:.1f} MiB of "
+            f"maxmemory {memory['maxmemory'] / 2**20:.1f} MiB, {memory['maxmemory_policy']}): "
+            f"{FULL_ADVICE}"
+        )
     notes.append(
         f"quarantine: {quarantine['length']} item(s) ({quarantine['total']} ever)"
         + "".join(f"\n  {ago(q['at'])}: {escape(q['reason'])}" for q in quarantine["recent"])

@@ -19,11 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 import redis
 
+from relay import lua
 from relay.errors import ConfigError, LimiterUnavailable
 from relay.keys import Keys
 from relay.limiter import Clearance, Grant, Ticket
@@ -38,10 +38,6 @@ MAX_MISSES = 5
 """Slots a request may miss (or find stale) in a row before its row goes back for later."""
 DEFAULT_PAUSE = 1.0
 """Seconds a scope pauses after a 429 that carries no usable Retry-After."""
-
-
-def _script(name: str) -> str:
-    return files("relay").joinpath("lua", name).read_text()
 
 
 @dataclass
@@ -114,10 +110,10 @@ class RedisLimiter:
         self.stats = LimiterStats()
         self._down = False
         self._lock = threading.Lock()
-        self._reserve = client.register_script(_script("limiter_reserve.lua"))
-        self._refund = client.register_script(_script("limiter_refund.lua"))
-        self._throttle = client.register_script(_script("limiter_throttle.lua"))
-        self._check = client.register_script(_script("limiter_check.lua"))
+        self._reserve = client.register_script(lua.source("limiter_reserve.lua"))
+        self._refund = client.register_script(lua.source("limiter_refund.lua"))
+        self._throttle = client.register_script(lua.source("limiter_throttle.lua"))
+        self._check = client.register_script(lua.source("limiter_check.lua"))
 
     # -- the Limiter protocol -------------------------------------------------------------
 

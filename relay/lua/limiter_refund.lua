@@ -10,6 +10,7 @@ for i = 1, #KEYS do
   local tat = tonumber(redis.call('HGET', KEYS[i], 'tat'))
   if tat and tat == tonumber(ARGV[2 * i]) then
     local back = tat - unused * tonumber(ARGV[1 + 2 * i])
+    redis.call('HDEL', KEYS[i], 'tat')  -- first write allowed on a full Redis (reserve.lua)
     redis.call('HSET', KEYS[i], 'tat', string.format('%.0f', back))
     refunded = refunded + 1
   end

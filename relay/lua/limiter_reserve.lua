@@ -66,6 +66,10 @@ local reply = {now, wait, #slots}
 for j = 1, #slots do reply[#reply + 1] = slots[j] end
 for i = 1, n do
   if #slots > 0 then
+    -- HDEL first: a full Redis (maxmemory, noeviction) refuses a script whose first write may
+    -- grow memory; once a write that cannot ran, it lets the rest through. The limiter must
+    -- keep working while the worker drains Redis back under its limit.
+    redis.call('HDEL', KEYS[i], 'seen')
     redis.call('HSET', KEYS[i], 'tat', string.format('%.0f', tat[i]),
       'seen', string.format('%.0f', now))
   end

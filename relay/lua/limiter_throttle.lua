@@ -25,6 +25,7 @@ for i = 1, #KEYS do
     factor = math.min(1, tonumber(s[2]) + math.max(0, now - tonumber(s[3])) * slope)
   end
   local until_ = now + pause
+  redis.call('HDEL', KEYS[i], 'throttled_at')  -- first write allowed on a full Redis (reserve.lua)
   if paused <= now then
     factor = math.max(floor, factor * cut)
     redis.call('HSET', KEYS[i], 'factor', tostring(factor), 'cut_at', string.format('%.0f', until_))
