@@ -12,12 +12,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from relay import metrics
 from relay.outcomes import truncate
@@ -35,6 +36,36 @@ class NewEvent:
     event_id: str
     payload: dict[str, Any]
     enqueued_at: datetime
+    raw: bytes = field(default=b"", repr=False, compare=False)
+    """The queue item it was parsed from: what is quarantined if the outbox refuses it."""
+
+
+Refused = tuple[NewEvent, str]
+"""An event the outbox database would not store, and the database's reason."""
+
+_DATA_ERRORS = (UnicodeError, ValueError, TypeError, OverflowError)
+
+
+def refused_for_data(exc: BaseException) -> str | None:
+    """Why the database refused a statement for the data it carried; None when the database
+    (or the connection to it) failed instead: that is worth waiting out, data is not.
+
+    The reason is the first line of the driver's message: it names the column or the encoding
+    problem, never the parameters (engines hide them).
+    """
+    cause: BaseException
+    if isinstance(exc, DataError | IntegrityError):
+        cause = exc.orig or exc
+    elif isinstance(exc, DBAPIError):
+        return None  # operational, interface, programming: the database, not the data
+    elif isinstance(exc, StatementError) and isinstance(exc.orig, _DATA_ERRORS):
+        cause = exc.orig or exc
+    elif isinstance(exc, _DATA_ERRORS):
+        cause = exc  # the driver could not even encode it (a lone surrogate)
+    else:
+        return None
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"the outbox database refused it: {type(cause).__name__}: {first}"[:300]
 
 
 @dataclass(frozen=True)
@@ -75,10 +106,31 @@ class Outbox:
 
     # -- drain side -----------------------------------------------------------------
 
+    def insert_storable(self, events: Sequence[NewEvent]) -> tuple[int, list[Refused]]:
+        """:meth:`insert` the events the database will store; hand back those it refuses.
+
+        A batch the database refuses for its data (a NUL in a PostgreSQL text column, text that
+        is not UTF-8, a value too long) is split in halves until each refused event stands
+        alone, so one poison item never holds up the rest of its batch. An outage still raises:
+        the batch stays in Redis and is inserted once the database is back.
+        """
+        try:
+            return self.insert(events), []
+        except Exception as exc:
+            reason = refused_for_data(exc)
+            if reason is None:
+                raise
+            if len(events) == 1:
+                return 0, [(events[0], reason)]
+        half = len(events) // 2
+        first, refused_first = self.insert_storable(events[:half])
+        second, refused_second = self.insert_storable(events[half:])
+        return first + second, refused_first + refused_second
+
     def insert(self, events: Sequence[NewEvent]) -> int:
         """Insert new events, skipping any (destination, event_id) already present.
 
-        Returns how many rows were inserted; the rest were duplicates. Commits.
+        Returns how many rows were inserted; the rest were duplicates. Commits, all or none.
         """
         if not events:
             return 0

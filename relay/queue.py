@@ -86,7 +86,7 @@ def _parse_one(item: bytes, known: frozenset[str], max_bytes: int) -> NewEvent:
             json.dumps(payload, ensure_ascii=False).encode()
         except UnicodeEncodeError as exc:
             raise ValueError(f"payload is not valid UTF-8 text: {exc.reason}") from None
-    return NewEvent(destination, event_id, payload, _enqueued_at(stamp))
+    return NewEvent(destination, event_id, payload, _enqueued_at(stamp), raw=item)
 
 
 def _enqueued_at(stamp: object) -> datetime:

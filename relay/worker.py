@@ -141,12 +141,13 @@ class Worker:
         if not batch:
             return report
         failpoints.hit("drain.after_take")
-        report.inserted = self.outbox.insert(batch.events)
+        report.inserted, refused = self.outbox.insert_storable(batch.events)
         failpoints.hit("drain.after_commit")
+        poison = batch.poison + [(event.raw, reason) for event, reason in refused]
         # Crash here (after the commit, before the ack): the reaper puts the batch back and
         # the outbox's unique key turns the second insert into a no-op.
-        self.queue.ack(batch.poison)
-        report.quarantined = len(batch.poison)
+        self.queue.ack(poison)
+        report.quarantined = len(poison)
         if report.taken:
             log.info(
                 "drained %d items: %d new, %d duplicates, %d quarantined",
