@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from relay import metrics
 from relay.outcomes import truncate
-from relay.schema import Status, attempts, outbox
+from relay.schema import PENDING, Status, attempts, outbox
 
 ATTEMPT_DETAIL_LIMIT = 500
 """Characters of a response or error kept per attempt in the history (the row keeps 2,000)."""
@@ -179,15 +179,18 @@ class Outbox:
         deadline = time.monotonic() + lease_seconds
         now = utcnow()
         token = uuid.uuid4().hex
+        # The status and the limit inline, not as parameters: PostgreSQL may plan a statement
+        # psycopg prepared once for any values, and then needs the literal to use the partial
+        # index, and a known limit not to join its rows back with a full scan.
         due = (
             select(outbox.c.id)
             .where(
-                outbox.c.status == Status.PENDING.value,
+                PENDING,
                 outbox.c.next_attempt_at <= now,
                 outbox.c.destination.in_(list(destinations)),
             )
             .order_by(outbox.c.next_attempt_at)
-            .limit(limit)
+            .limit(bindparam("claim_limit", limit, literal_execute=True))
         )
         if self.dialect == "postgresql":
             # Concurrent workers skip each other's rows instead of waiting on them.
@@ -340,10 +343,19 @@ class Outbox:
 
     def next_due_at(self, destinations: Collection[str]) -> datetime | None:
         """When the earliest pending row of ``destinations`` becomes due, if any is pending."""
-        statement = select(func.min(outbox.c.next_attempt_at)).where(
-            outbox.c.status == Status.PENDING.value,
-            outbox.c.destination.in_(list(destinations)),
-        )
+        if not destinations:
+            return None
+        # One min() per destination reads one index entry each; a min() over an IN list reads
+        # every pending row of those destinations (all of a 300k backlog, 33 ms).
+        earliest = union_all(
+            *(
+                select(func.min(outbox.c.next_attempt_at).label("due")).where(
+                    PENDING, outbox.c.destination == name
+                )
+                for name in destinations
+            )
+        ).subquery()
+        statement = select(func.min(earliest.c.due))
         with self.engine.connect() as conn:
             value: datetime | None = conn.execute(statement).scalar()
         return value

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
 )
 
 
@@ -77,10 +78,25 @@ outbox = Table(
     # Set by `relay outbox retry`: the age limit (RELAY_MAX_AGE_SECONDS) counts from here.
     Column("retried_at", UTCDateTime, nullable=True),
     UniqueConstraint("destination", "event_id", name="uq_relay_outbox_destination_event"),
-    # Due rows: status = pending AND next_attempt_at <= now, oldest first.
-    Index("ix_relay_outbox_due", "status", "next_attempt_at"),
+    # `relay outbox show/retry EVENT_ID` without a destination.
+    Index("ix_relay_outbox_event_id", "event_id"),
     # Pruning and listings by age within a status.
     Index("ix_relay_outbox_status_updated", "status", "updated_at"),
+)
+
+PENDING = outbox.c.status == literal_column(f"'{Status.PENDING.value}'")
+"""``status = 'pending'`` with the value inline, as the partial index below says it: a plan
+PostgreSQL caches for any parameters (psycopg prepares a statement after five runs) can use
+that index only if the query names the same literal."""
+
+# Claims and next-due reads: one destination's pending rows, earliest due first. Partial, so
+# neither another destination's backlog nor the delivered history is in the way.
+Index(
+    "ix_relay_outbox_pending_due",
+    outbox.c.destination,
+    outbox.c.next_attempt_at,
+    postgresql_where=PENDING,
+    sqlite_where=PENDING,
 )
 
 # One row per recorded delivery attempt: the history `relay outbox show` prints. Written in the
