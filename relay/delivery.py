@@ -28,7 +28,7 @@ from relay import failpoints, metrics
 from relay.destinations import Destination
 from relay.errors import LimiterUnavailable
 from relay.limiter import Limiter, Ticket
-from relay.outbox import Claim, Outbox, utcnow
+from relay.outbox import Claim, Outbox, refused_for_data, utcnow
 from relay.outcomes import Outcome, Verdict, truncate
 from relay.pauses import Pauses
 from relay.retry import RetryPolicy
@@ -67,6 +67,25 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+BODY_LIMIT = 64 * 1024
+"""Bytes of a response body read: the outbox keeps 2,000 characters, and an API (or a
+proxy in its place) answering megabytes must not cost the worker more than this."""
+
+
+def read_body(response: httpx.Response, limit: int) -> str:
+    """The first ``limit`` bytes of ``response``'s body as text; bytes that are not valid in
+    its charset become U+FFFD."""
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) >= limit:
+            break  # the rest is never read: the connection is closed, not reused
+    try:
+        return bytes(data[:limit]).decode(response.encoding or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know
+        return bytes(data[:limit]).decode("utf-8", "replace")
+
+
 def make_http_client(connect_timeout: float, read_timeout: float, pool: int = 16) -> httpx.Client:
     """The HTTP client deliveries share; TLS verification stays on."""
     return httpx.Client(
@@ -74,6 +93,10 @@ def make_http_client(connect_timeout: float, read_timeout: float, pool: int = 16
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         follow_redirects=False,
     )
+
+
+UNSTORABLE = "the API's answer could not be stored (see the worker's log)"
+"""An outcome's detail when the database refused the answer itself."""
 
 
 class Dispatcher:
@@ -273,7 +296,21 @@ class Dispatcher:
         while True:
             try:
                 recorded = self.record(claim, outcome, probe=probe)
-            except SQLAlchemyError as exc:
+            except Exception as exc:
+                refusal = refused_for_data(exc)
+                if refusal is not None and outcome.detail != UNSTORABLE:
+                    # The database is up: it refused what the answer holds. Waiting cannot
+                    # help; record the outcome without the answer, at once.
+                    log.error(
+                        "the outcome of event_id=%s could not be stored as it is (%s); "
+                        "recording it without the API's answer",
+                        claim.event_id,
+                        refusal,
+                    )
+                    outcome = replace(outcome, detail=UNSTORABLE)
+                    continue
+                if not isinstance(exc, SQLAlchemyError):
+                    raise  # a bug, not the database: the round logs it with its traceback
                 round_.trouble.set()
                 if time.monotonic() + pause > give_up:
                     log.error(
@@ -309,10 +346,11 @@ class Dispatcher:
         """POST the event; translate transport errors into retry outcomes."""
         try:
             request = destination.build_request(encode_body(claim.payload))
-            response = self.http.request(
+            with self.http.stream(
                 request.method, request.url, headers=request.headers, content=request.body
-            )
-            return destination.classify(response.status_code, response.headers, response.text)
+            ) as response:
+                body = read_body(response, BODY_LIMIT)
+            return destination.classify(response.status_code, response.headers, body)
         except httpx.TimeoutException as exc:
             return Outcome.retry(None, f"timeout: {type(exc).__name__}")
         except httpx.TransportError as exc:

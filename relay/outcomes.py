@@ -39,19 +39,38 @@ class Outcome:
         throttled: bool = False,
     ) -> Outcome:
         """Try again later; ``retry_after`` (seconds) is a floor for the wait."""
-        return cls(Verdict.RETRY, status, truncate(detail), retry_after, throttled)
+        return cls(Verdict.RETRY, status, storable(detail), retry_after, throttled)
 
     @classmethod
     def dead(cls, status: int | None, detail: str) -> Outcome:
         """A permanent failure: the event will never be accepted as it is."""
-        return cls(Verdict.DEAD, status, truncate(detail))
+        return cls(Verdict.DEAD, status, storable(detail))
 
     @classmethod
     def pause(cls, status: int, detail: str) -> Outcome:
         """The destination's key was refused: stop sending to it, mark nothing dead."""
-        return cls(Verdict.PAUSE, status, truncate(detail))
+        return cls(Verdict.PAUSE, status, storable(detail))
 
 
 def truncate(text: str, limit: int = DETAIL_LIMIT) -> str:
     """Keep at most ``limit`` characters of a response body or error."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# C0 controls but tab, newline and carriage return, and DEL: a NUL cannot be stored in a
+# PostgreSQL text column, the rest would garble a terminal that shows the row.
+_CONTROLS = {
+    code: f"\\x{code:02x}" for code in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)
+}
+
+
+def storable(text: str, limit: int = DETAIL_LIMIT) -> str:
+    """``text`` (an API's answer, an error) made fit for every database and terminal.
+
+    Control characters become visible escapes (``\\x00``), text that is not valid Unicode
+    (lone surrogates) becomes ``\\udc80``-style escapes, and at most ``limit`` characters
+    are kept. An answer the outbox cannot store would otherwise fail the outcome's write.
+    """
+    text = text[: limit * 2].translate(_CONTROLS)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return truncate(text, limit)
