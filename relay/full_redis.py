@@ -97,13 +97,19 @@ class FullRedisWatch:
             "process drains and delivers until Redis is back under its limit",
             memory.describe(),
         )
-        worker = Worker(self.settings)  # built only when Redis fills up: its own consumer
-        try:
-            while not self.stopping.is_set() and self.full() is not None:
-                report = worker.pump(self.pump_seconds)
-                log.info("drained a full Redis: %d delivered", report.delivered)
-        finally:
-            worker.close()
+        while not self.stopping.is_set() and self.full() is not None:
+            try:
+                worker = Worker(self.settings)  # built only when Redis fills up
+            except Exception as exc:  # the database down too: keep trying, say why
+                log.warning("cannot start draining a full Redis yet (%s); retrying in 1s", exc)
+                self.stopping.wait(1.0)
+                continue
+            try:
+                while not self.stopping.is_set() and self.full() is not None:
+                    report = worker.pump(self.pump_seconds)
+                    log.info("drained a full Redis: %d delivered", report.delivered)
+            finally:
+                worker.close()
         if not self.stopping.is_set():
             log.warning("Redis is back under its memory limit: wake-ups flow again")
         return True
