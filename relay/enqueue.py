@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from relay.destinations import Destination, build_destinations
+from relay.destinations.base import shown
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
 from relay.keys import Keys
 from relay.settings import Settings, load_settings
@@ -61,9 +62,19 @@ class Enqueuer:
         if dest is None:
             raise UnknownDestination(destination, list(self.destinations))
         if not isinstance(payload, Mapping):
-            raise InvalidEvent(destination, "a JSON object (a dict of fields)", payload)
+            raise InvalidEvent(destination, "a JSON object (a dict of fields)", shown(payload))
         now = datetime.now(UTC)
-        event_id, body = dest.prepare(payload, event_id, now)
+        try:
+            event_id, body = dest.prepare(payload, event_id, now)
+        except InvalidEvent:
+            raise
+        except Exception as exc:
+            # The checks are total over plain values; this catches what a caller's own types
+            # can still do (a Mapping whose get() raises, a str subclass with a broken strip()):
+            # bad input is an InvalidEvent, never a crash of the web request.
+            raise InvalidEvent(
+                destination, "a payload of plain JSON values", f"{type(exc).__name__}: {exc}"
+            ) from exc
         item = {"v": QUEUE_FORMAT, "d": destination, "id": event_id, "t": now.timestamp()}
         item["p"] = body
         try:

@@ -111,25 +111,38 @@ class Destination:
         raise NotImplementedError
 
     # -- shared checks ---------------------------------------------------------------
+    # Each check is total: any Python value either passes or raises InvalidEvent naming the
+    # field, never TypeError (["EUR"] in a set), OverflowError (10**400 as a float) or the like.
 
     def invalid(self, name: str, expected: str, got: object) -> InvalidEvent:
-        return InvalidEvent(f"{self.name}.{name}", expected, got)
+        return InvalidEvent(f"{self.name}.{name}", expected, shown(got))
 
     def reject_unknown_fields(self, payload: Mapping[str, Any]) -> None:
         for key in payload:
             if key not in self.fields:
                 raise self.invalid(
-                    str(key),
+                    field_name(key),
                     f"absent: it is not a {self.kind} field (allowed: {', '.join(self.fields)})",
                     payload[key],
                 )
 
-    def string(self, payload: Mapping[str, Any], name: str, *, required: bool = False) -> None:
+    def string(
+        self,
+        payload: Mapping[str, Any],
+        name: str,
+        *,
+        required: bool = False,
+        non_empty: bool = False,
+    ) -> None:
+        """``name`` is a string (``required``: present; ``non_empty``: not blank when given)."""
         value = payload.get(name, MISSING)
         if value is MISSING and not required:
             return
-        if not isinstance(value, str) or (required and not value.strip()):
-            raise self.invalid(name, "a non-empty string" if required else "a string", value)
+        expected = "a non-empty string" if required or non_empty else "a string"
+        if not isinstance(value, str) or ((required or non_empty) and not value.strip()):
+            raise self.invalid(name, expected, value)
+        if not is_unicode(value):
+            raise self.invalid(name, f"{expected} of {UNICODE_TEXT}", value)
 
     def number(self, payload: Mapping[str, Any], name: str) -> None:
         value = payload.get(name, MISSING)
@@ -137,7 +150,7 @@ class Destination:
             return
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.invalid(name, "a number such as 49.90", value)
-        if not math.isfinite(value):
+        if not is_finite(value):
             raise self.invalid(name, "a finite number", value)
 
     def boolean(self, payload: Mapping[str, Any], name: str) -> None:
@@ -145,12 +158,125 @@ class Destination:
         if value is not MISSING and not isinstance(value, bool):
             raise self.invalid(name, "true or false", value)
 
+    def key(self, name: str, expected: str, key: object) -> None:
+        """``key`` of the object ``name`` is a string JSON and UTF-8 can carry."""
+        if not isinstance(key, str):
+            raise self.invalid(name, expected, key)
+        if not is_unicode(key):
+            raise self.invalid(name, f"{expected} of {UNICODE_TEXT}", key)
+
+    def json_value(self, name: str, value: object, depth: int = 1) -> None:
+        """``value`` is JSON the API reads as given and the outbox stores: finite numbers,
+        valid Unicode, string keys, at most ``MAX_DEPTH`` levels (which also stops cycles)."""
+        if value is None or isinstance(value, bool):
+            return
+        if isinstance(value, int | float):
+            if not is_finite(value):
+                raise self.invalid(name, "a finite number", value)
+        elif isinstance(value, str):
+            if not is_unicode(value):
+                raise self.invalid(name, f"a string of {UNICODE_TEXT}", value)
+        elif isinstance(value, list | dict):
+            if depth > MAX_DEPTH:
+                raise self.invalid(name, f"JSON nested at most {MAX_DEPTH} levels deep", value)
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    self.json_value(f"{name}[{index}]", item, depth + 1)
+                return
+            for key, item in value.items():
+                self.key(name, "a JSON object with string keys", key)
+                self.json_value(f"{name}.{key}", item, depth + 1)
+        else:
+            raise self.invalid(
+                name,
+                "a JSON value (null, true/false, a number, a string, a list or an object)",
+                value,
+            )
+
+
+MAX_DEPTH = 32
+"""How deeply JSON objects and lists in a payload may nest (the payload itself is level 1)."""
+
+MAX_EVENT_ID_LENGTH = 200
+"""The outbox's ``event_id`` column is ``String(200)``: PostgreSQL refuses longer ids."""
+
+UNICODE_TEXT = "valid Unicode (no lone surrogate such as \\ud800)"
+EVENT_ID_RULE = (
+    f"a non-empty string of at most {MAX_EVENT_ID_LENGTH} characters, "
+    "without NUL (\\x00) or lone surrogates"
+)
+
 
 def check_event_id(dest: Destination, event_id: object) -> str:
-    """An event id is a non-empty string of at most 200 characters."""
-    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > 200:
-        raise dest.invalid("event_id", "a non-empty string of at most 200 characters", event_id)
+    """An event id is what the outbox's ``event_id`` column stores on every database.
+
+    PostgreSQL text cannot hold NUL (the insert fails) and UTF-8 cannot carry a lone
+    surrogate (the driver fails), so either would fail the drain's whole batch.
+    """
+    if (
+        not isinstance(event_id, str)
+        or not event_id.strip()
+        or len(event_id) > MAX_EVENT_ID_LENGTH
+        or "\x00" in event_id
+        or not is_unicode(event_id)
+    ):
+        raise dest.invalid("event_id", EVENT_ID_RULE, event_id)
     return event_id
+
+
+def is_finite(value: int | float) -> bool:
+    """Whether a JSON reader gets a finite number: 10**400 is a Python int, but infinite as a
+    double (JavaScript's, PostgreSQL's float8) and ``math.isfinite`` raises OverflowError."""
+    try:
+        # int.__float__ / float.__float__: a subclass's own __float__ cannot lie about the value
+        # that json.dumps writes.
+        as_float = int.__float__(value) if isinstance(value, int) else float.__float__(value)
+    except OverflowError:
+        return False
+    return math.isfinite(as_float)
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8, i.e. holds no lone surrogate (``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def field_name(key: object) -> str:
+    """A payload key as it appears in an error's field name."""
+    return key if isinstance(key, str) and is_unicode(key) else repr(shown(key))
+
+
+class _Unprintable:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def shown(value: object) -> object:
+    """``value``, or a stand-in when ``repr(value)`` raises, so an error message can name it.
+
+    ``repr(10**5000)`` raises ValueError (Python's limit on int digits); a deeply nested or
+    self-made object can raise anything.
+    """
+    try:
+        repr(value)
+    except Exception:
+        if isinstance(value, int):
+            return _Unprintable(f"<int of {_digits(value)} digits>")
+        return _Unprintable(f"<{type(value).__name__} that cannot be shown>")
+    return value
+
+
+def _digits(value: int) -> int:
+    magnitude = abs(value)
+    digits = int(magnitude.bit_length() * math.log10(2)) + 1
+    return digits - 1 if magnitude < 10 ** (digits - 1) else digits
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

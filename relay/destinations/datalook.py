@@ -7,13 +7,18 @@ has no such field, so the relay's outbox is the only guard against double counti
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from relay.destinations.base import Destination, check_event_id
+from relay.destinations.base import (
+    UNICODE_TEXT,
+    Destination,
+    check_event_id,
+    is_finite,
+    is_unicode,
+)
 from relay.destinations.servoki import new_event_id
 from relay.errors import MISSING
 
@@ -42,10 +47,11 @@ class DataLook(Destination):
         self.reject_unknown_fields(payload)
         body = dict(payload)
         event_name = body.get("event_name", MISSING)
-        if event_name not in EVENT_NAMES:
+        if not isinstance(event_name, str) or event_name not in EVENT_NAMES:
             raise self.invalid("event_name", f"one of {', '.join(EVENT_NAMES)}", event_name)
         self.string(body, "page_path", required=True)
-        self.string(body, "name", required=event_name == "success")
+        # A rule name is never empty, on any event: the API refuses "" wherever it appears.
+        self.string(body, "name", required=event_name == "success", non_empty=True)
         self.string(body, "success_user_id")
         self.number(body, "success_value")
         if "properties" in body:
@@ -65,12 +71,15 @@ class DataLook(Destination):
             raise self.invalid("properties", "a flat object of string/number/boolean values", value)
         kept: dict[str, Any] = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise self.invalid("properties", "an object with string keys", key)
-            if not isinstance(item, str | int | float | bool) or (
-                isinstance(item, float) and not math.isfinite(item)
-            ):
-                raise self.invalid(f"properties.{key}", "a string, finite number or boolean", item)
+            self.key("properties", "an object with string keys", key)
+            name = f"properties.{key}"
+            if isinstance(item, str):
+                if not is_unicode(item):
+                    raise self.invalid(name, f"a string of {UNICODE_TEXT}", item)
+            elif isinstance(item, bool):
+                pass
+            elif not isinstance(item, int | float) or not is_finite(item):
+                raise self.invalid(name, "a string, finite number or boolean", item)
             if not PII_KEY.search(key):
                 kept[key] = item
         return kept

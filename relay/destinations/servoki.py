@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from relay.destinations.base import Destination, check_event_id
@@ -21,6 +21,7 @@ _DOMAIN = re.compile(
     r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 )
 _SITE_CODE = re.compile(r"[0-9]{1,20}")
+_MAX_SAFE_INT = 2**53 - 1
 
 
 class Servoki(Destination):
@@ -53,7 +54,9 @@ class Servoki(Destination):
         self._currency(body)
         self.boolean(body, "consent")
         self._props(body)
-        self._occurred_at(body, now)
+        body["occurred_at"] = self._occurred_at(body.get("occurred_at", MISSING), now)
+        if event_id is not None:
+            event_id = check_event_id(self, event_id)
         if "event_id" in body:
             given = check_event_id(self, body["event_id"])
             if event_id is not None and event_id != given:
@@ -62,7 +65,7 @@ class Servoki(Destination):
                 )
             event_id = given
         elif event_id is not None:
-            body["event_id"] = check_event_id(self, event_id)
+            body["event_id"] = event_id
         else:
             body["event_id"] = event_id = new_event_id()
         return event_id, body
@@ -81,7 +84,9 @@ class Servoki(Destination):
                 "your domain or numeric site code (or set RELAY_SERVOKI_SITE)",
                 MISSING,
             )
-        if isinstance(site, int) and not isinstance(site, bool) and site >= 0:
+        # JSON readers that hold numbers as doubles (JavaScript) read a larger integer as a
+        # different one, i.e. another site; a longer code can be sent as a string.
+        if isinstance(site, int) and not isinstance(site, bool) and 0 <= site <= _MAX_SAFE_INT:
             return
         if isinstance(site, str) and (_DOMAIN.fullmatch(site) or _SITE_CODE.fullmatch(site)):
             return
@@ -89,70 +94,85 @@ class Servoki(Destination):
 
     def _currency(self, body: Mapping[str, Any]) -> None:
         value = body.get("currency", MISSING)
-        if value is not MISSING and value not in CURRENCY_CODES:
+        if value is not MISSING and not (isinstance(value, str) and value in CURRENCY_CODES):
             raise self.invalid("currency", 'a 3-letter ISO 4217 code such as "EUR"', value)
 
     def _props(self, body: Mapping[str, Any]) -> None:
         value = body.get("props", MISSING)
         if value is MISSING:
             return
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        if not isinstance(value, dict):
             raise self.invalid("props", "a JSON object with string keys", value)
-        bad = _first_non_json(value)
-        if bad is not None:
-            raise self.invalid(f"props.{bad[0]}", "a JSON value", bad[1])
+        self.json_value("props", value)
 
-    def _occurred_at(self, body: dict[str, Any], now: datetime) -> None:
-        value = body.get("occurred_at", MISSING)
-        expected = (
-            'an aware datetime or an ISO 8601 string with offset such as "2026-06-12T10:00:00Z"'
-        )
+    def _occurred_at(self, value: object, now: datetime) -> str:
+        """The time to send, in the API's form; stamped ``now`` when absent."""
         if value is MISSING:
             # Stamped now: the event may wait in the queue, and "now" at delivery would be wrong.
-            body["occurred_at"] = now.isoformat().replace("+00:00", "Z")
-        elif isinstance(value, datetime):
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise self.invalid("occurred_at", expected, value)
-            body["occurred_at"] = value.isoformat()
-        elif isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value)
-            except ValueError:
-                raise self.invalid("occurred_at", expected, value) from None
-            if parsed.tzinfo is None:
-                raise self.invalid("occurred_at", expected, value)
-        else:
-            raise self.invalid("occurred_at", expected, value)
+            return utc_timestamp(now)
+        when = parse_timestamp(value)
+        if when is None:
+            raise self.invalid("occurred_at", OCCURRED_AT_RULE, value)
+        try:
+            return utc_timestamp(when)
+        except OverflowError:
+            raise self.invalid(
+                "occurred_at", "a time within the years 0001-9999 in UTC", value
+            ) from None
 
 
-def _first_non_json(value: object, path: str = "") -> tuple[str, object] | None:
-    """The first place in ``value`` that JSON cannot carry as it is, or None."""
-    if value is None or isinstance(value, str | bool | int):
+OCCURRED_AT_RULE = (
+    'an aware datetime or an ISO 8601 string such as "2026-06-12T10:00:00Z" or '
+    '"2026-06-12T12:00:00+02:00"'
+)
+# ISO 8601 extended format, calendar date, seconds, and Z or an offset: nothing else. (Python
+# 3.11's datetime.fromisoformat also takes week and ordinal dates and the basic format.)
+_TIMESTAMP = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]{1,9})?"
+    r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
+)
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """An aware datetime from ``value`` (an aware datetime or a strict ISO 8601 string), or None.
+
+    Fractional seconds are dropped: the API's form has whole seconds.
+    """
+    if isinstance(value, datetime):
+        try:
+            offset = value.utcoffset()
+        except Exception:  # a caller's tzinfo whose utcoffset() is broken
+            return None
+        return value if offset is not None else None
+    if not isinstance(value, str):
         return None
-    if isinstance(value, float):
-        return (
-            None
-            if value == value and value not in (float("inf"), float("-inf"))
-            else (
-                path or "value",
-                value,
-            )
-        )
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _first_non_json(item, f"{path}[{i}]")
-            if found:
-                return found
+    match = _TIMESTAMP.fullmatch(value)
+    if match is None:
         return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return (f"{path}.{key!r}".lstrip("."), key)
-            found = _first_non_json(item, f"{path}.{key}".lstrip("."))
-            if found:
-                return found
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    sign, offset_hours, offset_minutes = match.groups()[6:]
+    try:
+        zone = UTC
+        if sign is not None:
+            if int(offset_minutes) > 59:
+                return None
+            offset = timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
+            zone = timezone(-offset if sign == "-" else offset)  # ValueError from 24:00 on
+        return datetime(year, month, day, hour, minute, second, tzinfo=zone)
+    except ValueError:  # no such date or time: 2026-02-30, 24:00:00, :60
         return None
-    return (path or "value", value)
+
+
+def utc_timestamp(when: datetime) -> str:
+    """``when`` as the API writes times: UTC, whole seconds, ``Z`` ("2026-06-12T10:00:00Z").
+
+    Raises OverflowError when the time leaves the calendar in UTC (0001-01-01T00:30+01:00).
+    """
+    utc = when.astimezone(UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
+        f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
+    )
 
 
 def new_event_id() -> str:
