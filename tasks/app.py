@@ -15,7 +15,6 @@ from celery.signals import (
 )
 
 from relay import embedded
-from relay.full_redis import FullRedisWatch
 from relay.settings import Settings, load_settings
 
 settings: Settings = load_settings()
@@ -40,16 +39,17 @@ def broker_url(settings: Settings) -> str:
 
 app = Celery("relay", broker=broker_url(settings), include=["tasks.jobs"])
 app.conf.update(
-    # A message is acknowledged after its task ran, and one process holds one message: a killed
-    # worker's wake-up is redelivered instead of lost (harmless either way, see the module doc).
+    # A message is acknowledged after its task ran, and one process holds one message.
     task_acks_late=True,
-    task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
     task_default_queue=f"{settings.namespace}.wakeups",
     broker_connection_retry_on_startup=True,
-    # The broker redelivers an unacked message after this long; a pump lasts far less.
-    broker_transport_options={"visibility_timeout": 3600},
+    # Wake-ups carry no state and beat sends one a second, so the broker keeps no record of
+    # unacknowledged ones: kombu's ack emulation acknowledges with MULTI, which a full Redis
+    # refuses, and that stops the worker for good ("Unrecoverable error"). A wake-up lost with
+    # a killed worker is replaced within a second.
+    broker_transport_options={"ack_emulation": False},
     worker_hijack_root_logger=False,
     # No ETA/countdown tasks anywhere: retry times live in the outbox, not in the broker.
     beat_schedule={
@@ -69,13 +69,17 @@ app.conf.update(
 
 
 _metrics_server: Any = None
-_full_redis: FullRedisWatch | None = None
+_full_redis: Any = None
 
 
 @worker_init.connect
 def _watch_for_a_full_redis(**_: Any) -> None:
     # On a full Redis beat cannot publish wake-ups and Celery's consumer dies at start (kombu
     # takes a lock with SET NX): drain first, then keep watching from this main process.
+    # Imported here, not at the top: relay.worker loads prometheus-client, which must not be
+    # imported before PROMETHEUS_MULTIPROC_DIR is set above.
+    from relay.full_redis import FullRedisWatch
+
     global _full_redis
     _full_redis = FullRedisWatch(settings)
     _full_redis.relieve()

@@ -259,3 +259,77 @@ def test_celery_worker_and_beat_recover_a_full_redis(
                 proc.wait()
         client.close()
     assert sandbox.stats()["servoki"]["duplicates"] == 0
+
+
+@pytest.mark.slow
+def test_redis_filling_up_under_a_running_celery_worker_does_not_stop_delivery(
+    small_redis: RedisServer,
+    make_settings: Callable[..., Settings],
+    sandbox: SandboxProcess,
+    tmp_path: Path,
+) -> None:
+    """Another application fills the shared Redis while the relay runs: the worker keeps
+    delivering (events enqueued meanwhile fall back to the outbox), and recovers after."""
+    settings = make_settings(redis_url=small_redis.url)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    engine.dispose()
+    client = redis.Redis.from_url(small_redis.url)
+    env = relay_env(settings, RELAY_PUMP_SECONDS="3")
+    logs = [tmp_path / "worker.log", tmp_path / "beat.log"]
+    commands = [
+        ["worker", "--concurrency", "2", "--without-mingle", "--without-gossip"],
+        ["beat", "-s", str(tmp_path / "beat-schedule")],
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+    enqueuer = Enqueuer(settings)
+    sent: list[str] = []
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            event_id, item = enqueuer.encode("servoki", {"event_type": "purchase"})
+            enqueuer.push([item])
+            sent.append(event_id)
+
+    def wait_delivered(timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if delivered_ids(sandbox) >= set(sent):
+                return True
+            time.sleep(0.3)
+        return False
+
+    try:
+        for log_path, args in zip(logs, commands, strict=True):
+            with open(log_path, "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "celery", "-A", "tasks", *args],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        send(20)
+        assert wait_delivered(30), "\n".join(p.read_text()[-3000:] for p in logs)
+        over_the_limit(client)  # the other application's data
+        time.sleep(5)  # past every pump that was running (3 s each): only wake-ups are left
+        send(30)  # Redis refuses: these go to the outbox
+        assert wait_delivered(40), "\n".join(p.read_text()[-3000:] for p in logs)
+        assert all(proc.poll() is None for proc in procs), "a Celery process died"
+        assert "Couldn't apply scheduled task pump" in logs[1].read_text()  # none were sent
+        client.delete("ballast")  # the other application frees its data
+        send(20)
+        assert wait_delivered(30), "\n".join(p.read_text()[-3000:] for p in logs)
+    finally:
+        enqueuer.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        client.close()
