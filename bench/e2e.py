@@ -7,7 +7,9 @@ SQLite in a temp dir and PostgreSQL when pgserver is installed. Every number is 
 a baseline measured in the same run on the same services; nothing is asserted.
 
 1. ``enqueue()`` vs a bare redis-py ``RPUSH`` of the same bytes (alternating blocks of calls);
-   ``enqueue_many`` of 100 vs a bare ``RPUSH`` of 100.
+   ``enqueue_many`` of 100 vs a bare ``RPUSH`` of 100; ``enqueue()`` with Redis refusing
+   connections (the outbox fallback) vs a bare single-row INSERT through an engine set up the
+   same way, on SQLite and PostgreSQL.
 2. ``Worker.flush()`` of N queued events (half Servoki, half DataLook) vs a bare sync httpx
    loop posting the same bodies with the same headers.
 3. Idle latency: enqueue → sandbox arrival with ``Worker.pump`` running, vs one bare POST.
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +43,7 @@ from bench.common import (
     Postgres,
     bench_settings,
     datalook_event,
+    free_port,
     mixed_events,
     percentile,
     print_table,
@@ -47,10 +52,14 @@ from bench.common import (
     servoki_event,
     start_postgres,
 )
+from relay.db import make_engine
 from relay.delivery import encode_body, make_http_client
 from relay.destinations.base import HttpRequest
 from relay.enqueue import Enqueuer
+from relay.migrate import upgrade
+from relay.outbox import utcnow
 from relay.sandbox import SandboxProcess
+from relay.schema import outbox
 from relay.settings import Settings
 from relay.worker import Worker
 
@@ -165,6 +174,76 @@ def bench_enqueue(env: Env, transport: str, calls: int) -> tuple[list[object], l
     many = [f"enqueue_many(100) x{batches}, {transport}", f"{many_eps:,.0f}"]
     many += [f"{bare_many_eps:,.0f}", ratio(bare_many_eps, many_eps)]
     return single, many
+
+
+def bench_fallback(env: Env, backend: str, calls: int) -> list[object]:
+    """One row: enqueue() falling back to the outbox vs a bare one-row INSERT (p50/p99 µs)."""
+    refused = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: refused at once
+    settings = env.settings(backend).model_copy(update={"redis_url": refused})
+    url = settings.resolved_database_url
+    engine = make_engine(url)  # what the worker does first: the fallback only writes into it
+    upgrade(engine)
+    engine.dispose()
+    enqueuer = relay.configure(settings)
+    timeout = settings.enqueue_timeout
+    bare = make_engine(url, connect_timeout=timeout, statement_timeout=timeout, create=False)
+    events = mixed_events(calls)
+    now = utcnow()
+    rows = [
+        {
+            "destination": dest, "event_id": f"bare-{i}", "payload": payload,
+            "status": "pending", "attempts": 0, "next_attempt_at": now, "enqueued_at": now,
+            "created_at": now, "updated_at": now,
+        }
+        for i, (dest, payload) in enumerate(events)
+    ]  # fmt: skip
+
+    def insert(row: dict[str, Any]) -> None:
+        with bare.begin() as conn:
+            conn.execute(outbox.insert().values(row))
+
+    fresh = first_fallback_in_a_fresh_process(settings)
+    start = time.perf_counter()
+    relay.enqueue(*events[0])  # the first call opens the engine and checks the schema
+    first = time.perf_counter() - start
+    insert({**rows[0], "event_id": "bare-warm"})
+    relay_times, bare_times = alternate(
+        [lambda d=d, p=p: relay.enqueue(d, p) for d, p in events[1:]],
+        [lambda r=r: insert(r) for r in rows[1:]],
+        BLOCK,
+    )
+    bare.dispose()
+    enqueuer.close()
+
+    def us(seconds: float) -> str:
+        return f"{seconds * 1e6:.0f}"
+
+    r50, r99 = percentile(relay_times, 50), percentile(relay_times, 99)
+    b50, b99 = percentile(bare_times, 50), percentile(bare_times, 99)
+    row: list[object] = [f"fallback enqueue() x{len(relay_times)}, {backend}", us(r50), us(b50)]
+    row += [ratio(r50, b50), us(r99), us(b99), ratio(r99, b99), f"{first * 1e3:.0f}"]
+    return [*row, f"{fresh * 1e3:.0f}"]
+
+
+def first_fallback_in_a_fresh_process(settings: Settings) -> float:
+    """Seconds of the first fallback enqueue() in a new process (it imports SQLAlchemy)."""
+    script = f"""
+import json, sys, time
+from bench.common import bench_settings, servoki_event
+import relay
+settings = bench_settings(
+    {str(settings.home)!r}, {settings.redis_url!r}, {settings.resolved_database_url!r},
+    "https://servoki.com", namespace="fresh")
+relay.configure(settings)
+start = time.perf_counter()
+relay.enqueue("servoki", servoki_event(0))
+print(json.dumps(time.perf_counter() - start))
+"""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root
+    )
+    return float(json.loads(result.stdout.splitlines()[-1]))
 
 
 # -- 2. throughput ----------------------------------------------------------------------------
@@ -406,6 +485,17 @@ def main(argv: list[str] | None = None) -> int:
                 "relay / bare",
                 ["call", "events/s", "bare events/s", "ratio"],
                 [unix[1], tcp[1]],
+            )
+            # One warning per fallback write is the point in production, noise here.
+            logging.getLogger("relay.enqueue").setLevel(logging.ERROR)
+            fallback_calls = max(200, plan.enqueue_calls // 5)
+            print_table(
+                "1c. enqueue() with Redis refusing connections (outbox fallback) vs a bare "
+                "one-row INSERT through an engine with the same timeouts, µs per call "
+                f"(alternating blocks of {BLOCK}); first: the first call, ms (in this process, "
+                "in a fresh one that still has to import SQLAlchemy)",
+                ["call", "p50", "bare p50", "ratio", "p99", "bare p99", "ratio", "first", "fresh"],
+                [bench_fallback(env, backend, fallback_calls) for backend in backends],
             )
 
             rows = bench_throughput(env, backends, plan.events)

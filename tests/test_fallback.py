@@ -1,0 +1,292 @@
+"""enqueue()'s outbox fallback: it writes only where a relay reads, and keeps its budget.
+
+Redis is made unreachable (a refused port, or no embedded Redis at the home), so every enqueue
+here goes down the fallback path against a real SQLite file or a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, func, select, text
+
+import relay
+from relay.db import make_engine
+from relay.enqueue import Enqueuer
+from relay.migrate import is_current, upgrade
+from relay.schema import outbox
+from relay.settings import Settings
+from tests.conftest import SERVOKI_KEY
+
+NO_REDIS = "redis://127.0.0.1:9"  # refused at once: the fallback path, without waiting
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("RELAY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def configured() -> Iterator[Callable[..., Enqueuer]]:
+    """relay.configure(...) with a Servoki key; closes the enqueuer at the end."""
+    made: list[Enqueuer] = []
+
+    def configure(**values: Any) -> Enqueuer:
+        values.setdefault("servoki_api_key", SERVOKI_KEY)
+        values.setdefault("servoki_site", "example.com")
+        made.append(relay.configure(Settings(**values)))
+        return made[-1]
+
+    yield configure
+    for client in made:
+        client.close()
+
+
+def rows(url: str) -> list[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(outbox.c.event_id).order_by(outbox.c.id)).scalars())
+    finally:
+        engine.dispose()
+
+
+def unavailable(destination: str = "servoki", event_id: str | None = None) -> str:
+    with pytest.raises(relay.RelayUnavailable) as info:
+        relay.enqueue(destination, {"event_type": "purchase"}, event_id=event_id)
+    return str(info.value)
+
+
+# -- embedded defaults: no relay, no write -------------------------------------------------
+
+
+def test_embedded_defaults_without_a_relay_write_nothing(
+    clean_env: None,
+    configured: Callable[..., Enqueuer],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """enqueue() from a directory where no relay runs: a clear error, and no fresh outbox."""
+    elsewhere = tmp_path / "web-app"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    configured()  # RELAY_HOME, RELAY_REDIS_URL and RELAY_DATABASE_URL all unset
+    message = unavailable()
+    home = elsewhere / ".relay"
+    assert f"Redis at unix://{home}/redis.sock failed" in message
+    assert f"no outbox at {home}/outbox.db" in message
+    assert "nothing was written" in message
+    assert (
+        f"RELAY_HOME is unset: the relay's home is {home}, relative to the working directory"
+        in (message)
+    )
+    assert "set RELAY_HOME to the relay's home as an absolute path" in message
+    assert "RELAY_REDIS_URL" in message and "RELAY_DATABASE_URL" in message
+    assert list(elsewhere.iterdir()) == []  # no .relay, no outbox.db
+
+    # A relative RELAY_HOME is named as the absolute path it resolved to.
+    monkeypatch.setenv("RELAY_HOME", "relay-home")
+    configured()
+    message = unavailable()
+    assert f"RELAY_HOME is 'relay-home': the relay's home is {elsewhere / 'relay-home'}" in message
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_an_existing_home_without_an_outbox_stays_untouched(
+    clean_env: None, configured: Callable[..., Enqueuer], tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    configured(home=home)
+    message = unavailable()
+    assert f"no outbox at {home}/outbox.db" in message
+    assert "RELAY_HOME is" not in message  # absolute: nothing to warn about
+    assert list(home.iterdir()) == []
+
+
+def test_a_configured_sqlite_outbox_that_does_not_exist_is_not_created(
+    configured: Callable[..., Enqueuer], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'db' / 'outbox.db'}"
+    configured(home=tmp_path / "home", redis_url=NO_REDIS, database_url=url)
+    message = unavailable()
+    assert f"there is no outbox at {tmp_path / 'db' / 'outbox.db'} (RELAY_DATABASE_URL)" in message
+    assert "create it with `relay db upgrade`" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_home_outbox_takes_events_while_its_redis_is_down(
+    clean_env: None, configured: Callable[..., Enqueuer], tmp_path: Path
+) -> None:
+    """A relay has run at the home (its outbox is migrated); its Redis is stopped."""
+    home = tmp_path / "home"
+    url = Settings(home=home).resolved_database_url
+    engine = make_engine(url)  # what `relay db upgrade` and the worker do
+    upgrade(engine)
+    engine.dispose()
+    configured(home=home)
+    assert relay.enqueue("servoki", {"event_type": "purchase"}, event_id="e-1") == "e-1"
+    assert rows(url) == ["e-1"]
+    assert not (home / "redis.sock").exists()  # enqueue() never starts Redis
+
+    # The relay is reset (its home removed): the pooled connection must not write into the
+    # deleted file, where no worker would ever read the event.
+    for path in home.iterdir():
+        path.unlink()
+    message = unavailable(event_id="e-2")
+    assert f"there is no outbox at {home}/outbox.db" in message
+    assert list(home.iterdir()) == []
+
+
+# -- the outbox must be at the current schema; enqueue() never migrates ---------------------
+
+
+def migrate_to(url: str, revision: str) -> None:
+    from alembic import command
+
+    from relay.migrate import _config
+
+    engine = make_engine(url)
+    config = _config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+    engine.dispose()
+
+
+def test_an_outbox_behind_the_schema_is_not_written_nor_migrated(
+    db_url: str, configured: Callable[..., Enqueuer], tmp_path: Path
+) -> None:
+    migrate_to(db_url, "0002")
+    configured(home=tmp_path, redis_url=NO_REDIS, database_url=db_url)
+    message = unavailable()
+    assert "is not at the current schema" in message and "run `relay db upgrade`" in message
+    assert "nothing was written" in message
+    engine = make_engine(db_url)
+    assert not is_current(engine)  # enqueue() did not migrate it
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(outbox)).scalar() == 0
+    engine.dispose()
+
+
+# -- the budget: one short transaction after the first call ------------------------------
+
+
+@pytest.fixture
+def statements() -> Iterator[list[str]]:
+    """Every SQL statement any engine sends while the fixture is active."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_the_schema_is_checked_once_per_engine(
+    db_url: str,
+    configured: Callable[..., Enqueuer],
+    statements: list[str],
+    tmp_path: Path,
+) -> None:
+    configured(home=tmp_path, redis_url=NO_REDIS, database_url=db_url)
+    relay.enqueue("servoki", {"event_type": "purchase"}, event_id="first")
+    assert any("alembic_version" in s for s in statements)  # the first call checks
+    statements.clear()
+    relay.enqueue("servoki", {"event_type": "purchase"}, event_id="second")
+    assert not any("alembic_version" in s for s in statements), statements
+    assert sum("INSERT" in s for s in statements) == 1
+    assert len(statements) <= 2, statements  # SQLite: BEGIN IMMEDIATE, then the INSERT
+
+    # The table goes away (the database was reset): the failed insert re-checks the schema.
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        for table in ("relay_attempts", "relay_outbox", "alembic_version"):
+            conn.execute(text(f"DROP TABLE {table}"))
+    message = unavailable(event_id="third")
+    assert "is not at the current schema" in message and "run `relay db upgrade`" in message
+    upgrade(engine)
+    engine.dispose()
+    relay.enqueue("servoki", {"event_type": "purchase"}, event_id="fourth")
+    assert rows(db_url) == ["fourth"]
+
+
+class WriteLock:
+    """Another connection holds the outbox's write lock (PostgreSQL: an ACCESS EXCLUSIVE table
+    lock; SQLite: the database write lock), released by ``release`` or after ``limit`` s."""
+
+    def __init__(self, url: str, limit: float = 10.0) -> None:
+        self.engine = make_engine(url)
+        self.released = threading.Event()
+        self.held = threading.Event()
+        self.limit = limit
+        self.thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(text("LOCK TABLE relay_outbox IN ACCESS EXCLUSIVE MODE"))
+            else:
+                # make_engine's SQLite transactions begin IMMEDIATE: the write lock is taken.
+                conn.execute(text("SELECT 1"))
+            self.held.set()
+            self.released.wait(self.limit)
+            conn.rollback()
+
+    def __enter__(self) -> WriteLock:
+        self.thread.start()
+        assert self.held.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.released.set()
+        self.thread.join()
+        self.engine.dispose()
+
+
+def test_a_locked_outbox_gives_up_within_the_budget(
+    db_url: str, configured: Callable[..., Enqueuer], tmp_path: Path
+) -> None:
+    timeout = 0.2
+    configured(home=tmp_path, redis_url=NO_REDIS, database_url=db_url, enqueue_timeout=timeout)
+    relay.enqueue("servoki", {"event_type": "purchase"}, event_id="warm")
+    with WriteLock(db_url):
+        started = time.monotonic()
+        message = unavailable(event_id="blocked")
+        elapsed = time.monotonic() - started
+    assert "the outbox database at" in message and "failed too" in message
+    assert elapsed < 5 * timeout, f"gave up after {elapsed:.2f}s"
+    relay.enqueue("servoki", {"event_type": "purchase"}, event_id="after")
+    assert rows(db_url) == ["warm", "after"]
+
+
+def test_sqlite_busy_timeout_is_the_enqueue_timeout(
+    configured: Callable[..., Enqueuer], tmp_path: Path
+) -> None:
+    """A cold fallback (first call) against a SQLite file another process holds locked."""
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    holder = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        configured(home=tmp_path, redis_url=NO_REDIS, database_url=url, enqueue_timeout=0.1)
+        started = time.monotonic()
+        unavailable()
+        elapsed = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert elapsed < 0.6, f"gave up after {elapsed:.2f}s"
