@@ -20,7 +20,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from relay.destinations import Destination, build_destinations
-from relay.destinations.base import shown
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
 from relay.keys import Keys
 from relay.settings import Settings, load_settings
@@ -66,7 +65,7 @@ class Enqueuer:
         if dest is None:
             raise UnknownDestination(destination, list(self.destinations))
         if not isinstance(payload, Mapping):
-            raise InvalidEvent(destination, "a JSON object (a dict of fields)", shown(payload))
+            raise InvalidEvent(destination, "a JSON object (a dict of fields)", payload)
         now = datetime.now(UTC)
         try:
             event_id, body = dest.prepare(payload, event_id, now)

@@ -47,7 +47,7 @@ class InvalidEvent(RelayError, ValueError):
         self.field = field
         self.index = index
         where = f"item {index}: " if index is not None else ""
-        shown = _show(got)
+        shown = show(got)
         super().__init__(f"{where}{field} must be {expected}, got {shown}")
 
     def at_index(self, index: int) -> InvalidEvent:
@@ -88,10 +88,22 @@ class EmbeddedRedisError(RelayError):
 _MISSING = object()
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
+    """``value`` as an error message shows it: its repr, at most 80 characters.
+
+    Never raises: ``repr(10**5000)`` raises ValueError (Python's limit on int digits), and a
+    caller's own object may raise anything from ``__repr__``.
+    """
     if value is _MISSING:
         return "nothing (the field is missing)"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:
+        if isinstance(value, int):
+            digits = len(str(abs(value) // 10 ** (abs(value).bit_length() * 3 // 10)))
+            digits += abs(value).bit_length() * 3 // 10
+            return f"<int of {digits} digits>"
+        return f"<{type(value).__name__} that cannot be shown>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -31,6 +32,9 @@ from relay.settings import Settings
 log = logging.getLogger("relay.enqueue")
 
 NOTHING_WRITTEN = "nothing was written"
+
+LOG_EVERY = 10.0
+"""Seconds between the fallback's warnings while Redis stays unavailable."""
 
 
 class OutboxWriter:
@@ -53,6 +57,8 @@ class OutboxWriter:
         self._engine: Engine | None = None
         self._schema_ok = False
         self._lock = threading.Lock()
+        self._unreported = 0
+        self._reported_at = -LOG_EVERY
 
     def write(self, items: list[bytes]) -> None:
         """Insert ``items`` in one transaction; RelayUnavailable (nothing written) otherwise."""
@@ -73,8 +79,21 @@ class OutboxWriter:
             raise RelayUnavailable(
                 f"{self.where} failed too ({describe_error(exc, self.url)}); {NOTHING_WRITTEN}"
             ) from exc
+        self._report(len(events))
+
+    def _report(self, written: int) -> None:
+        """One warning per ``LOG_EVERY`` seconds, not one per web request of an outage."""
+        now = time.monotonic()
+        with self._lock:
+            self._unreported += written
+            if now - self._reported_at < LOG_EVERY:
+                return
+            written, self._unreported, self._reported_at = self._unreported, 0, now
         log.warning(
-            "Redis unavailable: wrote %d event(s) straight into %s", len(events), self.where
+            "Redis unavailable: wrote %d event(s) straight into %s (logged at most every %.0fs)",
+            written,
+            self.where,
+            LOG_EVERY,
         )
 
     def close(self) -> None:

@@ -360,6 +360,12 @@ class Outbox:
             value: datetime | None = conn.execute(statement).scalar()
         return value
 
+    def pending(self) -> int:
+        """How many rows are pending (the partial index of pending rows, not the history)."""
+        statement = select(func.count()).select_from(outbox).where(PENDING)
+        with self.engine.connect() as conn:
+            return int(conn.execute(statement).scalar_one())
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Row counts by destination and status."""
         statement = select(outbox.c.destination, outbox.c.status, func.count()).group_by(

@@ -207,8 +207,7 @@ class Worker:
                 break
             self.stopping.wait(max(0.0, min(wait, 1.0)) + 0.01)
         report.paused = {name: rec["reason"] for name, rec in self.pauses.all().items()}
-        counts = self.outbox.counts()
-        report.pending_left = sum(c.get("pending", 0) for c in counts.values())
+        report.pending_left = self.outbox.pending()
         return report
 
     def _seconds_until_work(self, limited: dict[str, float] | None = None) -> float | None:

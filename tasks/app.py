@@ -18,7 +18,7 @@ from relay import embedded
 from relay.settings import Settings, load_settings
 
 settings: Settings = load_settings()
-settings.home.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
+settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # beat's schedule lives there
 if settings.embedded_redis:
     embedded.ensure_running(settings.home)
 if settings.metrics_port is not None:

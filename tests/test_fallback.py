@@ -147,6 +147,25 @@ def test_the_home_outbox_takes_events_while_its_redis_is_down(
     assert list(home.iterdir()) == []
 
 
+def test_an_outage_logs_one_warning_not_one_per_request(
+    clean_env: None,
+    configured: Callable[..., Enqueuer],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    configured(redis_url=NO_REDIS, database_url=url)
+    with caplog.at_level("WARNING", logger="relay.enqueue"):
+        for n in range(5):
+            relay.enqueue("servoki", {"event_type": "purchase"}, event_id=f"e-{n}")
+    assert len(rows(url)) == 5
+    warnings = [r.getMessage() for r in caplog.records if "straight into" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("Redis unavailable: wrote 1 event(s)")
+
+
 # -- the outbox must be at the current schema; enqueue() never migrates ---------------------
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from relay import __version__
-from relay.errors import MISSING, InvalidEvent
+from relay.errors import MISSING, InvalidEvent, show
 from relay.outcomes import Outcome
 from relay.settings import DestinationConfig
 
@@ -115,7 +115,7 @@ class Destination:
     # field, never TypeError (["EUR"] in a set), OverflowError (10**400 as a float) or the like.
 
     def invalid(self, name: str, expected: str, got: object) -> InvalidEvent:
-        return InvalidEvent(f"{self.name}.{name}", expected, shown(got))
+        return InvalidEvent(f"{self.name}.{name}", expected, got)
 
     def reject_unknown_fields(self, payload: Mapping[str, Any]) -> None:
         for key in payload:
@@ -247,36 +247,7 @@ def is_unicode(text: str) -> bool:
 
 def field_name(key: object) -> str:
     """A payload key as it appears in an error's field name."""
-    return key if isinstance(key, str) and is_unicode(key) else repr(shown(key))
-
-
-class _Unprintable:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def shown(value: object) -> object:
-    """``value``, or a stand-in when ``repr(value)`` raises, so an error message can name it.
-
-    ``repr(10**5000)`` raises ValueError (Python's limit on int digits); a deeply nested or
-    self-made object can raise anything.
-    """
-    try:
-        repr(value)
-    except Exception:
-        if isinstance(value, int):
-            return _Unprintable(f"<int of {_digits(value)} digits>")
-        return _Unprintable(f"<{type(value).__name__} that cannot be shown>")
-    return value
-
-
-def _digits(value: int) -> int:
-    magnitude = abs(value)
-    digits = int(magnitude.bit_length() * math.log10(2)) + 1
-    return digits - 1 if magnitude < 10 ** (digits - 1) else digits
+    return key if isinstance(key, str) and is_unicode(key) else show(key)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
