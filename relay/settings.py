@@ -73,6 +73,9 @@ class DestinationConfig:
     rate_limit: str = ""
     egress_scope: str = "global"
     """Servoki only: which egress-IP bucket requests consume (``RELAY_SERVOKI_EGRESS_SCOPE``)."""
+    url_setting: str = ""
+    """Where the URL is configured (``RELAY_DATALOOK_URL``, ``url of [destinations.NAME]``):
+    what an operator must fix when the URL answers like no API would."""
 
 
 class Settings(BaseSettings):
@@ -188,6 +191,7 @@ class Settings(BaseSettings):
                 name="servoki",
                 kind="servoki",
                 url=_checked_url(self.servoki_url, "RELAY_SERVOKI_URL"),
+                url_setting="RELAY_SERVOKI_URL",
                 api_key=_checked_key("servoki", self.servoki_api_key, "RELAY_SERVOKI_API_KEY"),
                 site=self.servoki_site,
                 rate_limit=self._checked_rate(self.servoki_rate_limit, "RELAY_SERVOKI_RATE_LIMIT"),
@@ -203,6 +207,7 @@ class Settings(BaseSettings):
                 name="datalook",
                 kind="datalook",
                 url=_checked_url(self.datalook_url, "RELAY_DATALOOK_URL"),
+                url_setting="RELAY_DATALOOK_URL",
                 api_key=_checked_key("datalook", self.datalook_api_key, "RELAY_DATALOOK_API_KEY"),
                 rate_limit=self._checked_rate(
                     self.datalook_rate_limit, "RELAY_DATALOOK_RATE_LIMIT"
@@ -324,6 +329,7 @@ def _named_destination(name: str, entry: DestinationEntry, egress_scope: str) ->
         name=name,
         kind=entry.kind,
         url=_checked_url(url, f"{where} url"),
+        url_setting=f"url of {where}",
         api_key=_checked_key(entry.kind, SecretStr(raw), f"the key of {where}"),
         site=entry.site,
         rate_limit=entry.rate_limit or DEFAULT_RATE_LIMITS[entry.kind],
