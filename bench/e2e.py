@@ -53,7 +53,7 @@ from bench.common import (
     start_postgres,
 )
 from relay.db import make_engine
-from relay.delivery import encode_body, make_http_client
+from relay.delivery import encode_body
 from relay.destinations.base import HttpRequest
 from relay.enqueue import Enqueuer
 from relay.migrate import upgrade
@@ -61,6 +61,7 @@ from relay.outbox import utcnow
 from relay.sandbox import SandboxProcess
 from relay.schema import outbox
 from relay.settings import Settings
+from relay.transport import make_http_client
 from relay.worker import Worker
 
 BLOCK = 100

@@ -32,6 +32,7 @@ from relay.outbox import Claim, Outbox, refused_for_data, utcnow
 from relay.outcomes import Outcome, Verdict, truncate
 from relay.pauses import Pauses
 from relay.retry import RetryPolicy
+from relay.transport import BODY_LIMIT, deadline, read_body
 
 log = logging.getLogger("relay.delivery")
 
@@ -65,34 +66,6 @@ class DispatchReport:
 def encode_body(payload: Mapping[str, Any]) -> bytes:
     """The request body: the same bytes on every attempt of an event."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-BODY_LIMIT = 64 * 1024
-"""Bytes of a response body read: the outbox keeps 2,000 characters, and an API (or a
-proxy in its place) answering megabytes must not cost the worker more than this."""
-
-
-def read_body(response: httpx.Response, limit: int) -> str:
-    """The first ``limit`` bytes of ``response``'s body as text; bytes that are not valid in
-    its charset become U+FFFD."""
-    data = bytearray()
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) >= limit:
-            break  # the rest is never read: the connection is closed, not reused
-    try:
-        return bytes(data[:limit]).decode(response.encoding or "utf-8", "replace")
-    except LookupError:  # a charset Python does not know
-        return bytes(data[:limit]).decode("utf-8", "replace")
-
-
-def make_http_client(connect_timeout: float, read_timeout: float, pool: int = 16) -> httpx.Client:
-    """The HTTP client deliveries share; TLS verification stays on."""
-    return httpx.Client(
-        timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-        follow_redirects=False,
-    )
 
 
 UNSTORABLE = "the API's answer could not be stored (see the worker's log)"
@@ -134,6 +107,9 @@ class Dispatcher:
         # How long an outcome whose write failed (the database restarting) is held and
         # retried; meanwhile the round sends nothing more.
         self.record_patience = record_patience
+        # A request's total deadline ends this long before its lease does: time to write the
+        # outcome while no other worker can claim the row.
+        self.lease_margin = min(2.0, lease_seconds / 10)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
         self._want: dict[str, int] = {}
         self._turn = 0
@@ -273,17 +249,24 @@ class Dispatcher:
                 )
         except LimiterUnavailable:
             return None, self.outbox.release(claim, 1.0)
+        round_ = round_ or Round()
+        if claim.destination in round_.stopped:
+            # The API refused this round's key (or the URL is wrong): nothing more goes out
+            # with it; the row goes back unsent, its attempt refunded.
+            return None, self.outbox.release(claim, self.pauses.probe_seconds)
         if claim.lease_left() < self.send_seconds:
             # A slow round: this row's lease could end mid-request and let another worker
             # send it too. It goes back unsent, due at once, its attempt refunded.
             log.debug("lease of event_id=%s too short to send; released", claim.event_id)
             return None, self.outbox.release(claim, 0.0)
         outcome = self.send(destination, claim)
+        if outcome.verdict is Verdict.PAUSE:
+            round_.stopped.add(claim.destination)
         if outcome.throttled:
             outcome = self._throttled(destination, outcome)
         outcome = self.settle(claim, outcome)
         failpoints.hit("dispatch.after_send")
-        return outcome, self._persist(claim, outcome, probe, round_ or Round())
+        return outcome, self._persist(claim, outcome, probe, round_)
 
     def _persist(self, claim: Claim, outcome: Outcome, probe: bool, round_: Round) -> bool:
         """``record`` the outcome; while the outbox fails, hold it and try again.
@@ -291,7 +274,11 @@ class Dispatcher:
         The request has been answered: losing its outcome means sending the event again
         later (a double count at DataLook), so the write is worth waiting for.
         """
-        give_up = time.monotonic() + self.record_patience
+        # Holding ends before the lease does: once it ends, another worker may claim the row
+        # and send the event again while this outcome still waits to be written.
+        give_up = min(
+            time.monotonic() + self.record_patience, claim.lease_deadline - self.lease_margin / 2
+        )
         pause = 0.2
         while True:
             try:
@@ -343,16 +330,26 @@ class Dispatcher:
         return replace(outcome, retry_after=pause) if pause > 0 else outcome
 
     def send(self, destination: Destination, claim: Claim) -> Outcome:
-        """POST the event; translate transport errors into retry outcomes."""
+        """POST the event within one total deadline; translate transport errors into retry
+        outcomes.
+
+        The deadline is the longest a request may take (connect + read timeout), and never
+        later than the claim's lease minus a margin: by then the request is over, answered or
+        its connection dropped, so no other worker can send the event while it is in flight.
+        """
+        budget = min(self.send_seconds, claim.lease_left() - self.lease_margin)
         try:
             request = destination.build_request(encode_body(claim.payload))
-            with self.http.stream(
-                request.method, request.url, headers=request.headers, content=request.body
-            ) as response:
+            with (
+                deadline(budget),
+                self.http.stream(
+                    request.method, request.url, headers=request.headers, content=request.body
+                ) as response,
+            ):
                 body = read_body(response, BODY_LIMIT)
             return destination.classify(response.status_code, response.headers, body)
         except httpx.TimeoutException as exc:
-            return Outcome.retry(None, f"timeout: {type(exc).__name__}")
+            return Outcome.retry(None, f"timeout: {type(exc).__name__} ({budget:.1f}s deadline)")
         except httpx.TransportError as exc:
             detail = f"connection error: {type(exc).__name__}: {exc}"
         except Exception as exc:  # anything else must not lose the round
@@ -370,19 +367,19 @@ class Dispatcher:
             assert status is not None
             recorded = self.outbox.mark_delivered(claim, status)
             if probe:
-                self.pauses.resume(claim.destination)
+                # Only the relay's own pause: one an operator set meanwhile stays.
+                self.pauses.resume(claim.destination, only_by="relay")
             log.info("delivered %s status=%s attempt=%d", where, status, claim.attempts)
         elif outcome.verdict is Verdict.DEAD:
             recorded = self.outbox.mark_dead(claim, status, outcome.detail)
             log.error("dead %s status=%s: %s", where, status, truncate(outcome.detail, 200))
         elif outcome.verdict is Verdict.PAUSE:
-            self.pauses.pause(
-                claim.destination, f"HTTP {status}: the API refused the key", status, probe=probe
-            )
+            reason = outcome.reason or f"HTTP {status}: the API refused the key"
+            self.pauses.pause(claim.destination, reason, status, probe=probe)
             recorded = self.outbox.release(
                 claim, self.pauses.probe_seconds, refused=(status, outcome.detail)
             )
-            log.error("paused %s status=%s: key refused; rotate it, then resume", where, status)
+            log.error("paused %s status=%s: %s; fix it, then resume", where, status, reason)
         else:
             recorded = self._retry(claim, outcome, where)
         if not recorded:
@@ -434,6 +431,8 @@ class Round:
 
     def __init__(self) -> None:
         self.trouble = threading.Event()
+        self.stopped: set[str] = set()
+        """Destinations whose key (or URL) an answer in this round refused: no more sends."""
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
 

@@ -24,6 +24,8 @@ class Outcome:
     detail: str = ""
     retry_after: float | None = None
     throttled: bool = False
+    reason: str = ""
+    """PAUSE only: why the destination is paused, for `relay status` (default: a refused key)."""
 
     @classmethod
     def delivered(cls, status: int) -> Outcome:
@@ -47,9 +49,10 @@ class Outcome:
         return cls(Verdict.DEAD, status, storable(detail))
 
     @classmethod
-    def pause(cls, status: int, detail: str) -> Outcome:
-        """The destination's key was refused: stop sending to it, mark nothing dead."""
-        return cls(Verdict.PAUSE, status, storable(detail))
+    def pause(cls, status: int, detail: str, reason: str = "") -> Outcome:
+        """Stop sending to the destination, mark nothing dead: its key was refused, or its URL
+        answers like no API would (``reason`` says which)."""
+        return cls(Verdict.PAUSE, status, storable(detail), reason=storable(reason, 500))
 
 
 def truncate(text: str, limit: int = DETAIL_LIMIT) -> str:

@@ -36,6 +36,7 @@ class Pauses:
         # Scripts, not HSET / SET NX: they also work on a full Redis (see relay/lua/pause.lua).
         self._pause = client.register_script(lua.source("pause.lua"))
         self._probe_lock = client.register_script(lua.source("probe_lock.lua"))
+        self._resume = client.register_script(lua.source("resume.lua"))
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Paused destinations → their record (reason, since, probe_at, interval, status)."""
@@ -73,9 +74,10 @@ class Pauses:
         ):
             log.error("destination %s paused: %s", name, reason)
 
-    def resume(self, name: str) -> bool:
-        """Resume ``name``; False if it was not paused."""
-        resumed = bool(self.redis.hdel(self.keys.paused, name))
+    def resume(self, name: str, *, only_by: str | None = None) -> bool:
+        """Resume ``name``; False if it was not paused (or, with ``only_by``, paused by
+        someone else: a probe's success must not lift an operator's pause)."""
+        resumed = bool(self._resume(keys=[self.keys.paused], args=[name, only_by or ""]))
         if resumed:
             log.warning("destination %s resumed", name)
         return resumed

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay import embedded, failpoints
 from relay.db import make_engine, safe_url
-from relay.delivery import Dispatcher, DispatchReport, make_http_client
+from relay.delivery import Dispatcher, DispatchReport
 from relay.destinations import build_destinations
 from relay.errors import ConfigError, LimiterUnavailable
 from relay.keys import Keys
@@ -28,6 +28,7 @@ from relay.pauses import Pauses
 from relay.queue import Queue
 from relay.retry import RetryPolicy
 from relay.settings import Settings
+from relay.transport import make_http_client
 
 log = logging.getLogger("relay.worker")
 

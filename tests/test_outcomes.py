@@ -28,7 +28,13 @@ DATALOOK = DataLook(
     [
         (SERVOKI, 202, Verdict.DELIVERED),
         (DATALOOK, 204, Verdict.DELIVERED),
-        (DATALOOK, 200, Verdict.DELIVERED),  # any 2xx: resending could only double-count
+        # Only the documented success is a delivery; another 2xx or a 3xx means a wrong URL.
+        (DATALOOK, 200, Verdict.PAUSE),
+        (SERVOKI, 200, Verdict.PAUSE),
+        (SERVOKI, 204, Verdict.PAUSE),
+        (DATALOOK, 202, Verdict.PAUSE),
+        (DATALOOK, 301, Verdict.PAUSE),
+        (SERVOKI, 302, Verdict.PAUSE),
         (SERVOKI, 400, Verdict.DEAD),
         (SERVOKI, 404, Verdict.DEAD),
         (DATALOOK, 410, Verdict.DEAD),
@@ -89,3 +95,25 @@ def test_exhausted_by_attempts_or_age() -> None:
     assert policy.exhausted(2, now, now) is None
     assert "after 3 attempts" in (policy.exhausted(3, now, now) or "")
     assert "RELAY_MAX_AGE_SECONDS" in (policy.exhausted(1, now - timedelta(seconds=61), now) or "")
+
+
+def test_a_wrong_url_names_its_setting_and_what_it_answered() -> None:
+    datalook = DataLook(
+        DestinationConfig(
+            "datalook",
+            "datalook",
+            "https://www.datalook.example",
+            SecretStr(DATALOOK_KEY),
+            url_setting="RELAY_DATALOOK_URL",
+        )
+    )
+    outcome = datalook.classify(200, {"content-type": "text/html"}, "<html>Welcome</html>")
+    assert outcome.verdict is Verdict.PAUSE and outcome.status == 200
+    assert outcome.reason == (
+        "RELAY_DATALOOK_URL (https://www.datalook.example) answered HTTP 200 (text/html), not "
+        "the datalook API's 204: nothing was delivered; fix the URL, then "
+        "`relay destinations resume datalook`"
+    )
+    moved = datalook.classify(301, {"location": "https://elsewhere.example/"}, "")
+    assert "answered HTTP 301 (no content type, to https://elsewhere.example/)" in moved.reason
+    assert SERVOKI.classify(401, {}, "bad key").reason == ""  # a refused key: the default

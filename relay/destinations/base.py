@@ -75,11 +75,20 @@ class Destination:
     # -- 3. what does this response mean? --------------------------------------------
 
     def classify(self, status: int, headers: Mapping[str, str], body: str) -> Outcome:
-        """Map an HTTP response to an outcome; 401/403 pause, 408/429/5xx retry."""
-        # Any 2xx means the API took the event; resending it could only double-count.
-        if 200 <= status < 300:
+        """Map an HTTP response to an outcome.
+
+        Only the documented success (``success_status``) is a delivery. Any other 2xx or a
+        3xx is not this API answering (a website, a proxy, a moved host at a mistyped URL):
+        the destination pauses with the URL setting named, and the events wait. 401 and 403
+        pause too: the key is refused (403, which neither spec documents, is taken as "this
+        key may not send here", which resending cannot fix either). 408, 429 and 5xx retry;
+        any other 4xx is dead.
+        """
+        if status == self.success_status:
             return Outcome.delivered(status)
         detail = self.redact(body.strip()) or f"HTTP {status}"
+        if 200 <= status < 400:
+            return Outcome.pause(status, detail, self.misdirected(status, headers))
         if status in (401, 403):
             return Outcome.pause(status, detail)
         if status == 429:
@@ -89,6 +98,19 @@ class Destination:
         if status == 408 or status >= 500:
             return Outcome.retry(status, detail, retry_after=parse_retry_after(headers))
         return Outcome.dead(status, detail)
+
+    def misdirected(self, status: int, headers: Mapping[str, str]) -> str:
+        """Why an answer that is not this API's means the URL is wrong, and what to do."""
+        kind = headers.get("content-type") or "no content type"
+        where = (
+            f", to {headers['location']}" if 300 <= status < 400 and "location" in headers else ""
+        )
+        setting = self.config.url_setting or "the destination's URL"
+        return (
+            f"{setting} ({self.config.url}) answered HTTP {status} ({kind}{where}), not the "
+            f"{self.kind} API's {self.success_status}: nothing was delivered; fix the URL, "
+            f"then `relay destinations resume {self.name}`"
+        )
 
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never be kept or logged: the key (subclasses add its parts)."""

@@ -2,11 +2,16 @@
 
 Order of checks on an API request (each step can answer early):
 
-1. injected faults, if switched on for this API: latency, drop, outage, error_rate;
+1. injected faults, if switched on for this API: latency, misdirect (a website's answer),
+   drop, outage, error_rate;
 2. authentication → 401 (missing, malformed or revoked key);
 3. ``force_429`` fault, then the sliding-window rate limit → 429 with ``Retry-After``;
 4. body validation → 400, unknown Servoki site → 404;
-5. store → 202 (Servoki, duplicates included) or 204 (DataLook).
+5. store → 202 (Servoki, duplicates included) or 204 (DataLook); the ``trickle`` fault sends
+   the answer's body a piece at a time.
+
+Every request is tracked while it is open: one that arrives while another for the same event
+is still open counts in ``overlapping`` (the relay promises there is never one).
 
 API keys are never echoed back or logged; DataLook scopes are key ids, which are not secret.
 """
@@ -14,6 +19,7 @@ API keys are never echoed back or logged; DataLook scopes are key ids, which are
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -117,9 +123,72 @@ def _datalook_outcome(
 _Outcome = Callable[[SandboxState, bytes, float, float, str], web.Response]
 
 
+def _event_key(api_name: Api, raw: bytes) -> str | None:
+    """What makes two requests "the same event": Servoki's event_id, DataLook's whole body
+    (it has no id; the relay's tests put one in the properties)."""
+    try:
+        body = decode_object(raw)
+    except InvalidBody:
+        return None
+    if api_name == "servoki":
+        event_id = body.get("event_id")
+        return event_id if isinstance(event_id, str) else None
+    return json.dumps(body, sort_keys=True)
+
+
+def _misdirected(status: int) -> web.Response:
+    """What a website (not the API) answers at a mistyped URL."""
+    page = "<!doctype html><html><body><h1>Welcome</h1></body></html>"
+    response = web.Response(status=status, text=page, content_type="text/html")
+    if 300 <= status < 400:
+        response.headers["Location"] = "https://www.example.com/"
+    return response
+
+
+async def _trickle(
+    request: web.Request, response: web.Response, seconds: float
+) -> web.StreamResponse:
+    """Send ``response``'s head at once and its body spread over ``seconds`` (padded with
+    JSON whitespace so a piece goes out every 20 ms); stop when the client hangs up."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    body += b" " * max(0, int(seconds / 0.02) - len(body))
+    stream = web.StreamResponse(status=response.status)
+    stream.content_type = response.content_type
+    stream.content_length = len(body)
+    step = seconds / max(1, len(body))
+    try:
+        await stream.prepare(request)
+        for index in range(len(body)):
+            await asyncio.sleep(step)
+            await stream.write(body[index : index + 1])
+        await stream.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass  # the client gave up on the body: the case this fault is for
+    return stream
+
+
 def _api_handler(api_name: Api, outcome: _Outcome) -> Callable[[web.Request], Awaitable[Any]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         t, wall = time.monotonic(), time.time()
+        state = request.app[STATE]
+        api = state.api(api_name)
+        raw = await request.read()
+        key = _event_key(api_name, raw)
+        if key is not None:
+            if api.in_flight[key]:
+                api.overlapping += 1
+            api.in_flight[key] += 1
+        try:
+            return await respond(request, api_name, raw, t, wall)
+        finally:
+            if key is not None:
+                api.in_flight[key] -= 1
+                if not api.in_flight[key]:
+                    del api.in_flight[key]
+
+    async def respond(
+        request: web.Request, api_name: Api, raw: bytes, t: float, wall: float
+    ) -> web.StreamResponse:
         state = request.app[STATE]
         api = state.api(api_name)
         scope, auth_error = _authenticate(api_name, request, state.revoked)
@@ -129,6 +198,9 @@ def _api_handler(api_name: Api, outcome: _Outcome) -> Callable[[web.Request], Aw
             if faults.latency_ms:
                 await asyncio.sleep(faults.latency_ms / 1000)
                 api = state.api(api_name)  # a reset during the sleep replaces the counters
+            if faults.misdirect_status:
+                api.record(t, faults.misdirect_status, scope)
+                return _misdirected(faults.misdirect_status)
             rng = state.rng
             if faults.drop_rate and rng.random() < faults.drop_rate:
                 api.record(t, 0, scope)
@@ -152,12 +224,15 @@ def _api_handler(api_name: Api, outcome: _Outcome) -> Callable[[web.Request], Aw
         if retry_after is not None:
             api.record(t, 429, scope, retry_after)
             return _too_many(retry_after)
-        response = outcome(state, await request.read(), t, wall, scope)
+        response = outcome(state, raw, t, wall, scope)
         if drop_after:
             # The event was processed but the answer is lost: the case idempotency exists for.
             api.record(t, 0, scope)
             return _abort(request)
         api.record(t, response.status, scope)
+        faults = state.faults
+        if faults.trickle_ms and api_name in faults.apis and response.body:
+            return await _trickle(request, response, faults.trickle_ms / 1000)
         return response
 
     return handle

@@ -121,6 +121,9 @@ class ApiState:
     rate_limited: int = 0
     dropped: int = 0
     pii_stripped: int = 0
+    overlapping: int = 0
+    """Requests that arrived while another request for the same event was still open."""
+    in_flight: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     events: list[StoredEvent] = field(default_factory=list)
     # (monotonic arrival, status or 0 when dropped, scope, Retry-After sent or None)
@@ -146,6 +149,7 @@ class ApiState:
             "rate_limited": self.rate_limited,
             "dropped": self.dropped,
             "pii_stripped": self.pii_stripped,
+            "overlapping": self.overlapping,
             "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
             "peak_window": self.windows.peak,
             "peak_by_scope": dict(self.windows.peak_by_scope),
@@ -188,6 +192,11 @@ class Faults:
     outage: bool = False
     force_429: int = 0
     retry_after: int = 2
+    trickle_ms: float = 0.0
+    """Answer at once, then send the body a byte at a time over this long (a slow proxy)."""
+    misdirect_status: int = 0
+    """Answer every request with this 2xx/3xx status and an HTML page, as a website at a
+    mistyped URL would (0: off)."""
     apis: frozenset[str] = frozenset(APIS)
 
     @property
@@ -199,6 +208,8 @@ class Faults:
             or self.drop_after_rate
             or self.outage
             or self.force_429
+            or self.trickle_ms
+            or self.misdirect_status
         )
 
     def update(self, payload: Mapping[str, Any]) -> None:
@@ -212,11 +223,15 @@ class Faults:
                 setattr(new, name, _share(payload, name))
         if "error_status" in payload:
             new.error_status = _whole(payload, "error_status", 400, 599)
-        if "latency_ms" in payload:
-            value = payload["latency_ms"]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise ValueError(f"latency_ms must be a number >= 0, got {value!r}")
-            new.latency_ms = float(value)
+        for name in ("latency_ms", "trickle_ms"):
+            if name in payload:
+                value = payload[name]
+                if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                    raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+                setattr(new, name, float(value))
+        if "misdirect_status" in payload:
+            off = payload["misdirect_status"] == 0 and type(payload["misdirect_status"]) is int
+            new.misdirect_status = 0 if off else _whole(payload, "misdirect_status", 200, 399)
         if "outage" in payload:
             if not isinstance(payload["outage"], bool):
                 raise ValueError(f"outage must be true or false, got {payload['outage']!r}")
@@ -240,6 +255,8 @@ class Faults:
             "outage": self.outage,
             "force_429": self.force_429,
             "retry_after": self.retry_after,
+            "trickle_ms": self.trickle_ms,
+            "misdirect_status": self.misdirect_status,
             "apis": sorted(self.apis),
         }
 
