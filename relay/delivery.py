@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from relay import failpoints, metrics
 from relay.destinations import Destination
 from relay.errors import LimiterUnavailable
-from relay.limiter import Limiter, Ticket
+from relay.limiter import Limiter, SlotMissed, Ticket
 from relay.outbox import Claim, Outbox, refused_for_data, utcnow
 from relay.outcomes import Outcome, Verdict, truncate
 from relay.pauses import Pauses
@@ -67,6 +67,9 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
     """The request body: the same bytes on every attempt of an event."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
+
+MAX_SLOT_TRIES = 5
+"""Fresh slots a request may take when it could not be written in time for the last one."""
 
 UNSTORABLE = "the API's answer could not be stored (see the worker's log)"
 """An outcome's detail when the database refused the answer itself."""
@@ -232,34 +235,38 @@ class Dispatcher:
         the row went back unsent: a 429 paused its scope, or the limiter's Redis is down.
         """
         destination = self.destinations[claim.destination]
-        try:
-            if ticket is None:
-                self.limiter.acquire(destination.limit_scopes())
-            else:
-                waited = time.monotonic()
-                clearance = self.limiter.wait(ticket)
-                if not clearance.go:
-                    return None, self.outbox.release(claim, clearance.paused_for)
-                metrics.limiter_waited(claim.destination, time.monotonic() - waited)
-                log.debug(
-                    "send event_id=%s slot=%.6f at=%.6f",
-                    claim.event_id,
-                    clearance.slot,
-                    time.monotonic(),
-                )
-        except LimiterUnavailable:
-            return None, self.outbox.release(claim, 1.0)
         round_ = round_ or Round()
-        if claim.destination in round_.stopped:
-            # The API refused this round's key (or the URL is wrong): nothing more goes out
-            # with it; the row goes back unsent, its attempt refunded.
-            return None, self.outbox.release(claim, self.pauses.probe_seconds)
-        if claim.lease_left() < self.send_seconds:
-            # A slow round: this row's lease could end mid-request and let another worker
-            # send it too. It goes back unsent, due at once, its attempt refunded.
-            log.debug("lease of event_id=%s too short to send; released", claim.event_id)
-            return None, self.outbox.release(claim, 0.0)
-        outcome = self.send(destination, claim)
+        for _ in range(MAX_SLOT_TRIES):
+            gate: Callable[[], None] | None = None
+            try:
+                if ticket is None:
+                    self.limiter.acquire(destination.limit_scopes())
+                else:
+                    waited = time.monotonic()
+                    clearance = self.limiter.wait(ticket)
+                    if not clearance.go:
+                        return None, self.outbox.release(claim, clearance.paused_for)
+                    metrics.limiter_waited(claim.destination, time.monotonic() - waited)
+                    gate = self._slot_gate(claim, clearance.slot)
+            except LimiterUnavailable:
+                return None, self.outbox.release(claim, 1.0)
+            if claim.destination in round_.stopped:
+                # The API refused this round's key (or the URL is wrong): nothing more goes
+                # out with it; the row goes back unsent, its attempt refunded.
+                return None, self.outbox.release(claim, self.pauses.probe_seconds)
+            if claim.lease_left() < self.send_seconds:
+                # A slow round: this row's lease could end mid-request and let another worker
+                # send it too. It goes back unsent, due at once, its attempt refunded.
+                log.debug("lease of event_id=%s too short to send; released", claim.event_id)
+                return None, self.outbox.release(claim, 0.0)
+            try:
+                outcome = self.send(destination, claim, before_write=gate)
+            except SlotMissed:
+                continue  # nothing was written: wait for a fresh slot (the old one is stale)
+            break
+        else:
+            # This process cannot keep its slots (starved of CPU?): the row goes back.
+            return None, self.outbox.release(claim, 1.0)
         if outcome.verdict is Verdict.PAUSE:
             round_.stopped.add(claim.destination)
         if outcome.throttled:
@@ -329,7 +336,27 @@ class Dispatcher:
         # The event waits as long as its scope does: the pause is Retry-After, capped.
         return replace(outcome, retry_after=pause) if pause > 0 else outcome
 
-    def send(self, destination: Destination, claim: Claim) -> Outcome:
+    def _slot_gate(self, claim: Claim, slot: float) -> Callable[[], None]:
+        """What runs right before the request's first byte: a request later than its slot
+        allows (a slow Redis check, a busy pool, a new connection) is called off unsent."""
+
+        def gate() -> None:
+            now = time.monotonic()
+            late = now - slot
+            if late > self.limiter.late_margin:
+                raise SlotMissed(f"{late:.3f}s after its slot")
+            self.limiter.written(late)
+            log.debug("send event_id=%s slot=%.6f at=%.6f", claim.event_id, slot, now)
+
+        return gate
+
+    def send(
+        self,
+        destination: Destination,
+        claim: Claim,
+        *,
+        before_write: Callable[[], None] | None = None,
+    ) -> Outcome:
         """POST the event within one total deadline; translate transport errors into retry
         outcomes.
 
@@ -341,13 +368,15 @@ class Dispatcher:
         try:
             request = destination.build_request(encode_body(claim.payload))
             with (
-                deadline(budget),
+                deadline(budget, before_write=before_write),
                 self.http.stream(
                     request.method, request.url, headers=request.headers, content=request.body
                 ) as response,
             ):
                 body = read_body(response, BODY_LIMIT)
             return destination.classify(response.status_code, response.headers, body)
+        except SlotMissed:
+            raise
         except httpx.TimeoutException as exc:
             return Outcome.retry(None, f"timeout: {type(exc).__name__} ({budget:.1f}s deadline)")
         except httpx.TransportError as exc:

@@ -60,8 +60,16 @@ class Clearance:
         return self.paused_for <= 0
 
 
+class SlotMissed(Exception):
+    """A request was about to be written later than its slot allows: it was called off with
+    nothing sent, and waits for a fresh slot."""
+
+
 class Limiter(Protocol):
     """Shared send budgets, one per scope."""
+
+    late_margin: float
+    """Seconds a request may be written after its slot: the budget allows for this much."""
 
     def reserve(self, scopes: Sequence[str], count: int, horizon: float) -> Grant:
         """Reserve up to ``count`` slots in every scope, none more than ``horizon`` s ahead."""
@@ -78,9 +86,17 @@ class Limiter(Protocol):
     def acquire(self, scopes: Sequence[str]) -> None:
         """Block until one request may be sent in every one of ``scopes``."""
 
+    def written(self, late: float) -> None:
+        """A request was written ``late`` seconds after its slot (for the statistics)."""
+
 
 class Unlimited:
     """Sends at once: for tests and sandboxes with limits off."""
+
+    late_margin = float("inf")
+
+    def written(self, late: float) -> None:
+        return None
 
     def reserve(self, scopes: Sequence[str], count: int, horizon: float) -> Grant:
         now = time.monotonic()

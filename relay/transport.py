@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpcore
 import httpx
@@ -31,15 +31,20 @@ _CHUNK = 64 * 1024
 
 
 @contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[float]:
+def deadline(seconds: float, *, before_write: Callable[[], None] | None = None) -> Iterator[float]:
     """Requests made by this thread inside the block end within ``seconds``; yields the
-    deadline on the ``time.monotonic()`` clock."""
-    previous = getattr(_local, "at", None)
+    deadline on the ``time.monotonic()`` clock.
+
+    ``before_write`` runs once, right before the request's first byte is written: the last
+    moment it can still be called off (by raising) with nothing sent.
+    """
+    previous = getattr(_local, "at", None), getattr(_local, "gate", None)
     _local.at = time.monotonic() + max(0.0, seconds)
+    _local.gate = before_write
     try:
         yield _local.at
     finally:
-        _local.at = previous
+        _local.at, _local.gate = previous
 
 
 def _left(timeout: float | None, expired: type[Exception]) -> float | None:
@@ -87,6 +92,10 @@ class _Stream(httpcore.NetworkStream):
         return self._stream.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        gate = getattr(_local, "gate", None)
+        if gate is not None:
+            _local.gate = None
+            gate()
         # In pieces: one write of a large buffer would get the whole timeout once.
         for start in range(0, len(buffer), _CHUNK):
             piece = buffer[start : start + _CHUNK]

@@ -18,7 +18,9 @@ from sqlalchemy.exc import OperationalError
 
 from relay.admin import Admin
 from relay.delivery import Round
+from relay.destinations import HttpRequest
 from relay.enqueue import Enqueuer
+from relay.limits import RedisLimiter
 from relay.outbox import Claim, utcnow
 from relay.outcomes import Outcome
 from relay.sandbox import SandboxProcess
@@ -215,3 +217,40 @@ def test_a_delivered_probe_does_not_lift_an_operators_pause(
     finally:
         admin.close()
         worker.close()
+
+
+# -- 7. the rate limit's margin measures what the API sees --------------------------------
+
+
+def test_a_request_later_than_its_slot_at_the_first_byte_waits_for_a_fresh_slot(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess
+) -> None:
+    """Lateness is measured right before the request is written: a request held up after
+    its slot (here: building it took 0.2 s) is called off unsent and takes a fresh slot."""
+    settings = make_settings(servoki_rate_limit="10/1s", limit_jitter=0.1, send_concurrency=1)
+    enqueue(settings, "servoki", [{"event_type": "purchase"}])
+    worker = Worker(settings)
+    destination = worker.dispatcher.destinations["servoki"]
+    build = destination.build_request
+    calls: list[float] = []
+
+    def slow_first(body: bytes) -> HttpRequest:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(0.2)  # past the 0.05 s the budget allows between slot and arrival
+        return build(body)
+
+    destination.build_request = slow_first  # type: ignore[method-assign]
+    try:
+        worker.drain()
+        report = worker.dispatch()
+        limiter = worker.limiter
+        assert isinstance(limiter, RedisLimiter)
+        late = list(limiter.stats.write_late)
+        missed = limiter.stats.missed
+    finally:
+        worker.close()
+    assert report.delivered == 1 and len(calls) == 2
+    assert sandbox.stats()["servoki"]["requests"] == 1  # the late attempt wrote nothing
+    assert missed >= 1
+    assert len(late) == 1 and 0 <= late[0] <= limiter.late_margin

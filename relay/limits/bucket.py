@@ -17,8 +17,9 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -51,6 +52,8 @@ class LimiterStats:
     paused: int = 0
     throttles: int = 0
     max_late: float = 0.0
+    write_late: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    """Seconds from slot to the request's first byte, per request (the newest 100,000)."""
 
 
 def budgets_for(destinations: Iterable[Destination], jitter: float) -> dict[str, Budget]:
@@ -162,14 +165,19 @@ class RedisLimiter:
                 log.debug("missed a slot of %s by %.3fs; reserving again", ticket.scopes, late)
             else:
                 verdict = int(self._call(self._check, self._keys(ticket.scopes), [ticket.issued]))
-                if verdict == 0:
-                    return Clearance(ticket.at)
                 if verdict > 0:
                     with self._lock:
                         self.stats.paused += 1
                     return Clearance(ticket.at, paused_for=verdict / 1e6)
-                with self._lock:
-                    self.stats.stale += 1
+                if verdict < 0:
+                    with self._lock:
+                        self.stats.stale += 1
+                elif self.clock() - ticket.at <= self.late_margin:
+                    return Clearance(ticket.at)
+                else:
+                    # The check's round trip made the slot late: reserve a fresh one.
+                    with self._lock:
+                        self.stats.missed += 1
             fresh = self._fresh(ticket.scopes)
             if isinstance(fresh, float):
                 return Clearance(ticket.at, paused_for=fresh)
@@ -197,6 +205,11 @@ class RedisLimiter:
             float(factor) * 100,
         )
         return seconds
+
+    def written(self, late: float) -> None:
+        """A request was written ``late`` seconds after its slot."""
+        with self._lock:
+            self.stats.write_late.append(late)
 
     def acquire(self, scopes: Sequence[str]) -> None:
         """Block until one request may be sent in every one of ``scopes``."""
