@@ -21,7 +21,7 @@ from relay.embedded import find_redis_server
 from relay.settings import Settings
 
 SERVOKI_KEY = "servoki_benchkey0123456789"
-DATALOOK_KEY = "dl_live_bench_s3cr3t"
+DATALOOK_KEY = "dl_live_bench_s3cr3tkey"
 NO_LIMIT = "1000000/1s"
 """A relay-side rate limit so high the limiter never makes a send wait (it still runs)."""
 

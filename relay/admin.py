@@ -1,9 +1,9 @@
 """What operator commands see: the queue, the outbox, pauses and heartbeats, in one place.
 
 :class:`Admin` opens Redis and the outbox lazily and translates their failures into
-:class:`~relay.errors.Unreachable` naming which one (URL without password). Everything it
+:class:`~relay.errors.Unreachable` naming which one (URL without credentials). Everything it
 returns is plain data, ready for a table or ``--json``; texts that could carry a key are
-passed through :meth:`Admin.redact`.
+passed through :meth:`Admin.redact`, which is the destinations' own redaction.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay import embedded
 from relay import outbox_admin as rows
-from relay.db import make_engine, safe_url
+from relay.db import make_engine
+from relay.destinations import Destination, build_destinations
 from relay.errors import ConfigError, UnknownDestination, Unreachable
 from relay.full_redis import FULL_ADVICE, RedisMemory, redis_memory
 from relay.keys import Keys
@@ -29,6 +30,7 @@ from relay.migrate import is_current, upgrade
 from relay.outbox import Outbox
 from relay.pauses import Pauses
 from relay.settings import DestinationConfig, Settings
+from relay.urls import safe_url, scrub
 
 QUEUE_SCAN_CAP = 10_000
 """Per-destination queue counts read the whole list; above this length they are skipped."""
@@ -48,17 +50,13 @@ class Admin:
         self.start_embedded = start_embedded
         self._engine: Engine | None = None
         self._redis: redis.Redis | None = None
-        self._secrets = _secrets(self.configs.values())
+        self._redactors: list[Destination] = list(build_destinations(self.configs).values())
 
     # -- connections ----------------------------------------------------------------------
 
     @property
     def redis_where(self) -> str:
-        url = self.settings.resolved_redis_url
-        if "@" in url:
-            scheme, _, rest = url.partition("://")
-            url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return f"Redis at {url}"
+        return f"Redis at {safe_url(self.settings.resolved_redis_url)}"
 
     @property
     def database_where(self) -> str:
@@ -116,12 +114,10 @@ class Admin:
             ) from exc
 
     def _reason(self, exc: BaseException) -> str:
+        """``ErrorClass: first line`` of ``exc``, without any URL credential or key."""
         first = (str(exc).strip().splitlines() or [""])[0]
-        url = self.settings.resolved_database_url
-        if "@" in url and ":" in url.split("@")[0].split("://")[-1]:
-            password = url.split("@")[0].split("://")[-1].split(":", 1)[1]
-            first = first.replace(password, "***")
-        return self.redact(f"{type(exc).__name__}: {first}"[:300])
+        urls = (self.settings.resolved_redis_url, self.settings.resolved_database_url)
+        return self.redact(f"{type(exc).__name__}: {scrub(first, *urls)}")[:300]
 
     def close(self) -> None:
         if self._redis is not None:
@@ -132,9 +128,9 @@ class Admin:
             self._engine = None
 
     def redact(self, text: str) -> str:
-        """``text`` with any configured API key (or its secret part) masked."""
-        for secret in self._secrets:
-            text = text.replace(secret, "[key]")
+        """``text`` with every configured destination's secrets masked (its own redaction)."""
+        for destination in self._redactors:
+            text = destination.redact(text)
         return text
 
     def check_destination(self, name: str | None, *, configured: bool = False) -> None:
@@ -349,17 +345,6 @@ def forget_stale_workers(client: redis.Redis, keys: Keys, older_than: float) -> 
     if stale:
         client.hdel(keys.workers, *stale)
     return len(stale)
-
-
-def _secrets(configs: Any) -> list[str]:
-    found: list[str] = []
-    for config in configs:
-        key = config.api_key.get_secret_value()
-        found.append(key)
-        if key.startswith("dl_live_"):
-            # dl_live_<key_id>_<secret>: the secret part alone must not show either.
-            found.append(key.rsplit("_", 1)[-1])
-    return sorted({s for s in found if len(s) >= 6}, key=len, reverse=True)
 
 
 def _text(value: bytes | str) -> str:

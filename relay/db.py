@@ -12,6 +12,10 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+# safe_url lives with the other URL rules (enqueue() needs it without SQLAlchemy).
+from relay.urls import safe_url as safe_url
+from relay.urls import scrub
+
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 """The relay's own files hold event payloads: readable by their owner only."""
@@ -119,16 +123,8 @@ def _sqlite_transactions(engine: Engine, busy_ms: int) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def safe_url(url: str) -> str:
-    """``url`` without its password, fit for messages."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def describe_error(exc: BaseException, url: str) -> str:
-    """``ErrorClass: first line`` of a database error, without ``url``'s password."""
+    """``ErrorClass: first line`` of a database error, without ``url``'s credentials."""
     cause: BaseException = getattr(exc, "orig", None) or exc
     first = (str(cause).strip().splitlines() or [""])[0]
-    password = make_url(url).password
-    if password:
-        first = first.replace(str(password), "***")
-    return f"{type(cause).__name__}: {first}"[:300]
+    return f"{type(cause).__name__}: {scrub(first, url)}"[:300]

@@ -40,7 +40,7 @@ from relay.schema import Status, outbox
 from relay.settings import Settings
 
 DEMO_SERVOKI_KEY = "servoki_demo0123456789"
-DEMO_DATALOOK_KEY = "dl_live_demo_s3cr3t"
+DEMO_DATALOOK_KEY = "dl_live_demo_s3cr3tkey"
 DEMO_IDS = "demo-"
 """Every demo event id starts with this, then the run's id: ``demo-3f9a1c-order_8001``."""
 

@@ -23,6 +23,7 @@ from relay.destinations import Destination, build_destinations
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
 from relay.keys import Keys
 from relay.settings import Settings, load_settings
+from relay.urls import safe_url, scrub
 
 if TYPE_CHECKING:
     from relay.fallback import OutboxWriter
@@ -144,7 +145,10 @@ class Enqueuer:
         return client
 
     def _fallback(self, items: list[bytes], exc: redis.RedisError) -> None:
-        redis_cause = f"Redis at {_safe_url(self.redis_url)} failed: {type(exc).__name__}: {exc}"
+        url = self.redis_url
+        redis_cause = (
+            f"Redis at {safe_url(url)} failed: {type(exc).__name__}: {scrub(str(exc), url)}"
+        )
         try:
             self._outbox_writer().write(items)
         except RelayUnavailable as db_exc:
@@ -169,14 +173,6 @@ class Enqueuer:
         with self._outbox_lock:
             if self._outbox is not None:
                 self._outbox.close()
-
-
-def _safe_url(url: str) -> str:
-    """A URL without its password, fit for an error message."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
 
 
 _default: Enqueuer | None = None

@@ -15,7 +15,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +97,10 @@ def _enqueued_at(stamp: object) -> datetime:
         except (OverflowError, OSError, ValueError):
             pass  # far outside the calendar (1e20): a foreign writer's bug; count from now
     return datetime.now(UTC)
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 class Queue:
@@ -197,12 +201,39 @@ class Queue:
 
     def reap(self) -> int:
         """Return batches of consumers whose heartbeat expired to the queue; how many items."""
-        returned = int(
-            self._reap(keys=[self.keys.queue, self.keys.consumers], args=[self.keys.tag + ":"])
-        )
+        returned = sum(self.return_batch(c) or 0 for c in self.dead_consumers())
         if returned:
             log.warning("returned %d items of dead consumers to the queue", returned)
         return returned
+
+    def dead_consumers(self) -> list[bytes]:
+        """Consumer ids (as stored) whose heartbeat has expired."""
+        consumers = [_raw(c) for c in self.redis.smembers(self.keys.consumers)]
+        if not consumers:
+            return []
+        pipe = self.redis.pipeline(transaction=False)  # MULTI fails on a full Redis
+        for consumer in consumers:
+            pipe.exists(self._key(self.keys.heartbeat, consumer))
+        alive = pipe.execute()
+        return [consumer for consumer, beating in zip(consumers, alive, strict=True) if not beating]
+
+    def return_batch(self, consumer: bytes) -> int | None:
+        """Move ``consumer``'s processing list back to the head of the queue and forget the
+        consumer; how many items went back, or None when it beat again meanwhile."""
+        keys: list[str | bytes] = [
+            self.keys.queue,
+            self.keys.consumers,
+            self._key(self.keys.heartbeat, consumer),
+            self._key(self.keys.processing, consumer),
+        ]
+        returned = int(self._reap(keys=keys, args=[consumer]))
+        return None if returned < 0 else returned
+
+    @staticmethod
+    def _key(name: Callable[[str], str], consumer: bytes) -> bytes:
+        # Byte for byte what the consumer wrote, even for an id that is not UTF-8 (a foreign
+        # writer's): the reaper must name exactly the keys that consumer used.
+        return name(consumer.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
     def leave(self) -> None:
         """On a clean exit: this consumer owns nothing any more."""

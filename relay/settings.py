@@ -19,16 +19,19 @@ Keys are held as ``SecretStr``: they never appear in ``repr``, logs or error mes
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from relay.errors import ConfigError
+from relay.urls import safe_url
 
 Kind = Literal["servoki", "datalook"]
 
@@ -284,24 +287,82 @@ class _TomlSource(PydanticBaseSettingsSource):
             raise ConfigError(f"RELAY_CONFIG file {path!r} is not valid TOML: {exc}") from None
 
 
-_KEY_SHAPES = {"servoki": "servoki_<key>", "datalook": "dl_live_<key_id>_<secret>"}
+_KEY_SHAPES = {
+    "servoki": ("servoki_<key>", "a key of at least 8 letters, digits, _ or -"),
+    # A shorter secret is a key cut short when copied; it would also be too short to redact
+    # from texts without masking ordinary words.
+    "datalook": (
+        "dl_live_<key_id>_<secret>",
+        "a key id of letters and digits and a secret of at least 8 letters, digits, _ or -",
+    ),
+}
 
 
 def _checked_key(kind: str, key: SecretStr, setting: str) -> SecretStr:
     from relay.destinations import key_is_well_formed
 
     if not key_is_well_formed(kind, key.get_secret_value()):
+        shape, rule = _KEY_SHAPES[kind]
         raise ConfigError(
-            f"{setting} does not look like a {kind} key (expected {_KEY_SHAPES[kind]}); "
+            f"{setting} does not look like a {kind} key (expected {shape}), with {rule}; "
             "copy the key again from the dashboard"
         )
     return key
 
 
+_LOOPBACK_NAMES = ("localhost",)
+
+
 def _checked_url(url: str, setting: str) -> str:
-    if not url.startswith(("https://", "http://")):
-        raise ConfigError(f"{setting} must be an http(s) URL such as https://host, got {url!r}")
+    """A destination's base URL: https://, or http:// to a loopback host (the sandbox).
+
+    The API key travels in a header of every request, so plain HTTP to any other host would
+    send it in cleartext. The URL may hold no credentials, query or fragment: the relay
+    appends the API's path to it, and it is shown in messages and ``repr``.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in ("https", "http"):
+        raise ConfigError(
+            f"{setting} must be an http(s) URL such as https://host, got {safe_url(url)!r}"
+        )
+    if "@" in rest:
+        raise ConfigError(
+            f"{setting} must not hold a user or password (user:password@host): the relay "
+            "authenticates with the API key; remove them from the URL"
+        )
+    if "?" in rest or "#" in rest:
+        part = "query string" if "?" in rest.split("#", 1)[0] else "fragment"
+        raise ConfigError(
+            f"{setting} must be a base URL such as https://host or https://host/prefix, "
+            f"without a {part} (?… or #…): the relay appends the API's path to it"
+        )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname if parts.port is None or parts.port > 0 else None
+    except ValueError:  # a port that is no number, a broken [IPv6] address
+        host = None
+    if not host:
+        raise ConfigError(
+            f"{setting} has no valid host and port, got {url!r}; use https://host or "
+            "https://host:port"
+        )
+    if scheme.lower() == "http" and not is_loopback(host):
+        raise ConfigError(
+            f"{setting} must use https:// (got {url!r}): over http:// the API key would "
+            "travel in cleartext; plain http:// is only allowed to loopback hosts "
+            "(127.0.0.1, ::1, localhost), such as the sandbox"
+        )
     return url.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, without brackets) is this machine."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _named_destination(name: str, entry: DestinationEntry, egress_scope: str) -> DestinationConfig:
@@ -328,7 +389,7 @@ def _named_destination(name: str, entry: DestinationEntry, egress_scope: str) ->
     return DestinationConfig(
         name=name,
         kind=entry.kind,
-        url=_checked_url(url, f"{where} url"),
+        url=_checked_url(url, f"url of {where}"),
         url_setting=f"url of {where}",
         api_key=_checked_key(entry.kind, SecretStr(raw), f"the key of {where}"),
         site=entry.site,

@@ -150,6 +150,25 @@ def test_draining_heartbeats_limiter_and_pauses_work_on_a_full_redis(
     client.close()
 
 
+def test_a_dead_consumers_batch_is_reaped_on_a_full_redis(small_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(small_redis.url)
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    items = [
+        json.dumps({"v": 1, "d": "servoki", "id": f"e{i}", "t": time.time(), "p": {}}).encode()
+        for i in range(3)
+    ]
+    client.rpush(keys.queue, *items)
+    dead = Queue(client, keys, heartbeat_seconds=0.2, known_destinations=frozenset({"servoki"}))
+    assert len(dead.take(3)) == 3
+    over_the_limit(client)
+    time.sleep(0.3)  # its heartbeat expires
+    assert Queue(client, keys).reap() == 3  # the script's first write (RPOP) frees memory
+    assert client.lrange(keys.queue, 0, -1) == items
+    assert not client.exists(dead.processing)
+    assert not client.sismember(keys.consumers, dead.consumer)
+    client.close()
+
+
 # -- enqueue falls back; a worker drains Redis back under its limit ---------------------
 
 

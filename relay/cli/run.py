@@ -23,8 +23,9 @@ def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the outbox table to the newest schema."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from relay.db import make_engine, safe_url
+    from relay.db import describe_error, make_engine
     from relay.migrate import upgrade
+    from relay.urls import safe_url
 
     settings = settings_from(ctx)
     url = settings.resolved_database_url
@@ -33,8 +34,7 @@ def db_upgrade(ctx: click.Context) -> None:
         upgrade(engine)
     except SQLAlchemyError as exc:
         raise click.ClickException(
-            f"could not migrate the outbox at {safe_url(url)}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0]}"
+            f"could not migrate the outbox at {safe_url(url)}: {describe_error(exc, url)}"
         ) from exc
     finally:
         engine.dispose()

@@ -113,17 +113,23 @@ class Destination:
         )
 
     def secrets(self) -> tuple[str, ...]:
-        """Strings that must never be kept or logged: the key (subclasses add its parts)."""
+        """Strings that must never be kept or logged: the key (subclasses add its parts).
+
+        The settings refuse keys whose secret is too short to tell apart from ordinary text,
+        so every string here is redacted wherever it appears.
+        """
         return (self.config.api_key.get_secret_value(),)
 
     def redact(self, text: str) -> str:
         """``text`` with every secret of this destination replaced by ``***``.
 
-        A response body is stored and logged; an API that echoes the Authorization header
-        back (a proxy's error page, a debugging endpoint) must not put the key there.
+        The one redaction: response bodies, logs, exceptions and CLI output all pass through
+        it. An API that echoes the Authorization header back (a proxy's error page, a
+        debugging endpoint) must not put the key there.
         """
-        for secret in self.secrets():
-            if len(secret) >= 8:
+        # Longest first: the whole key goes as one, not as its prefix around a masked secret.
+        for secret in sorted(self.secrets(), key=len, reverse=True):
+            if secret:
                 text = text.replace(secret, "***")
         return text
 

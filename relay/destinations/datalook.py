@@ -22,7 +22,9 @@ from relay.destinations.base import (
 from relay.destinations.servoki import new_event_id
 from relay.errors import MISSING
 
-KEY_PATTERN = re.compile(r"dl_live_([A-Za-z0-9]+)_([A-Za-z0-9_\-]+)")
+# dl_live_<key_id>_<secret>: the key id has no "_", the secret may. A secret under 8 characters
+# is a key cut short when copied (and too short to redact from texts without masking words).
+KEY_PATTERN = re.compile(r"dl_live_([A-Za-z0-9]+)_([A-Za-z0-9_\-]{8,})")
 EVENT_NAMES = ("pageview", "click", "success", "custom")
 # DataLook strips these server-side; the relay drops them first so it keeps no PII it cannot send.
 PII_KEY = re.compile(r"email|phone|password|ssn", re.IGNORECASE)
@@ -59,6 +61,8 @@ class DataLook(Destination):
         return (new_event_id() if event_id is None else check_event_id(self, event_id)), body
 
     def secrets(self) -> tuple[str, ...]:
+        """The key, and its secret part alone (which may hold "_"); not the key id, which is
+        the rate-limit scope and part of Redis key names."""
         key = self.config.api_key.get_secret_value()
         match = KEY_PATTERN.fullmatch(key)
         return (key, match.group(2)) if match else (key,)
