@@ -4,6 +4,10 @@ Rows are claimed with a lease: claiming pushes ``next_attempt_at`` to the lease'
 a fresh ``lease_token``; every outcome is written with an update guarded by that token. A worker
 that dies mid-delivery leaves the row due again when the lease ends, and its late result cannot
 overwrite the outcome of the worker that claimed the row after it.
+
+Due times, lease ends and outcome times are all read on the database's clock
+(:func:`relay.schema.db_now`), never a worker's: a worker whose host clock runs ahead would
+otherwise see other workers' leases as ended and claim rows they are still sending.
 """
 
 from __future__ import annotations
@@ -13,16 +17,16 @@ import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, insert, select, union_all, update
+from sqlalchemy import Engine, Select, bindparam, func, insert, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from relay import metrics
 from relay.outcomes import truncate
-from relay.schema import PENDING, Status, attempts, outbox
+from relay.schema import PENDING, Status, attempts, db_now, outbox
 
 ATTEMPT_DETAIL_LIMIT = 500
 """Characters of a response or error kept per attempt in the history (the row keeps 2,000)."""
@@ -82,6 +86,8 @@ class Claim:
     retried_at: datetime | None = None
     lease_deadline: float = float("inf")
     """``time.monotonic()`` when the lease ends (taken before the claim, so never late)."""
+    claimed_at: datetime | None = None
+    """The database's time of the claim: a "now" on the same clock as the row's times."""
 
     @property
     def age_from(self) -> datetime:
@@ -94,6 +100,7 @@ class Claim:
 
 
 def utcnow() -> datetime:
+    """This host's wall clock: for an event's own times, never for due times or leases."""
     return datetime.now(UTC)
 
 
@@ -134,7 +141,6 @@ class Outbox:
         """
         if not events:
             return 0
-        now = utcnow()
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for event in events:
             rows.setdefault(
@@ -145,15 +151,14 @@ class Outbox:
                     "payload": event.payload,
                     "status": Status.PENDING.value,
                     "attempts": 0,
-                    "next_attempt_at": now,
                     "enqueued_at": event.enqueued_at,
-                    "created_at": now,
-                    "updated_at": now,
                 },
             )
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        now = db_now(self.dialect)
         statement = (
             dialect_insert(outbox)
+            .values(next_attempt_at=now, created_at=now, updated_at=now)
             .on_conflict_do_nothing(index_elements=["destination", "event_id"])
             .returning(outbox.c.id, outbox.c.destination)
         )
@@ -177,7 +182,7 @@ class Outbox:
         if not destinations or limit <= 0:
             return []
         deadline = time.monotonic() + lease_seconds
-        now = utcnow()
+        now = db_now(self.dialect)
         token = uuid.uuid4().hex
         # The status and the limit inline, not as parameters: PostgreSQL may plan a statement
         # psycopg prepared once for any values, and then needs the literal to use the partial
@@ -201,7 +206,7 @@ class Outbox:
             .values(
                 attempts=outbox.c.attempts + 1,
                 lease_token=token,
-                next_attempt_at=now + timedelta(seconds=lease_seconds),
+                next_attempt_at=db_now(self.dialect, lease_seconds),
                 updated_at=now,
             )
             .returning(
@@ -212,6 +217,7 @@ class Outbox:
                 outbox.c.attempts,
                 outbox.c.enqueued_at,
                 outbox.c.retried_at,
+                outbox.c.updated_at,
             )
         )
         with self.engine.begin() as conn:
@@ -227,6 +233,7 @@ class Outbox:
                 lease_token=token,
                 retried_at=row.retried_at,
                 lease_deadline=deadline,
+                claimed_at=row.updated_at,
             )
             for row in rows
         ]
@@ -234,15 +241,13 @@ class Outbox:
         return claims
 
     def mark_delivered(self, claim: Claim, status: int) -> bool:
-        now = utcnow()
         return self._finish(
             claim,
             ("delivered", status, None),
             status=Status.DELIVERED.value,
             last_status=status,
             last_error=None,
-            delivered_at=now,
-            updated_at=now,
+            delivered_at=db_now(self.dialect),
             lease_token=None,
         )
 
@@ -253,7 +258,6 @@ class Outbox:
             status=Status.DEAD.value,
             last_status=status,
             last_error=detail,
-            updated_at=utcnow(),
             lease_token=None,
         )
 
@@ -266,13 +270,11 @@ class Outbox:
         *,
         refund_attempt: bool = False,
     ) -> bool:
-        """Leave the row pending, due again after ``delay`` seconds."""
-        now = utcnow()
+        """Leave the row pending, due again ``delay`` seconds from now (the database's now)."""
         values: dict[str, Any] = {
-            "next_attempt_at": now + timedelta(seconds=delay),
+            "next_attempt_at": db_now(self.dialect, delay),
             "last_status": status,
             "last_error": detail,
-            "updated_at": now,
             "lease_token": None,
         }
         if refund_attempt:
@@ -288,11 +290,9 @@ class Outbox:
         kept as the row's last response and in the history; rows given back unsent record
         nothing.
         """
-        now = utcnow()
         values: dict[str, Any] = {
             "attempts": outbox.c.attempts - 1,
-            "next_attempt_at": now + timedelta(seconds=delay),
-            "updated_at": now,
+            "next_attempt_at": db_now(self.dialect, delay),
             "lease_token": None,
         }
         if refused is None:
@@ -307,7 +307,8 @@ class Outbox:
         """Apply ``values`` only if this claim still holds the lease; say whether it did.
 
         ``attempt`` (verdict, HTTP status, detail) goes into the attempt history in the same
-        transaction, so the history never shows an outcome the row does not have.
+        transaction, so the history never shows an outcome the row does not have; it is timed
+        with the row's ``updated_at``, on the database's clock.
         """
         statement = (
             update(outbox)
@@ -316,11 +317,12 @@ class Outbox:
                 outbox.c.lease_token == claim.lease_token,
                 outbox.c.status == Status.PENDING.value,
             )
-            .values(**values)
+            .values(updated_at=db_now(self.dialect), **values)
+            .returning(outbox.c.updated_at)
         )
-        now = utcnow()
         with self.engine.begin() as conn:
-            if conn.execute(statement).rowcount != 1:
+            now = conn.execute(statement).scalar()
+            if now is None:
                 return False
             if attempt is not None:
                 verdict, status, detail = attempt
@@ -342,9 +344,26 @@ class Outbox:
     # -- reading --------------------------------------------------------------------
 
     def next_due_at(self, destinations: Collection[str]) -> datetime | None:
-        """When the earliest pending row of ``destinations`` becomes due, if any is pending."""
+        """When the earliest pending row of ``destinations`` becomes due, if any is pending
+        (on the database's clock: compare it with the database's now, or use
+        :meth:`seconds_until_due`)."""
         if not destinations:
             return None
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.execute(self._earliest_due(destinations)).scalar()
+        return value
+
+    def seconds_until_due(self, destinations: Collection[str]) -> float | None:
+        """Seconds until the earliest pending row of ``destinations`` is due, on the database's
+        clock (negative when it is overdue); None when none is pending."""
+        if not destinations:
+            return None
+        statement = self._earliest_due(destinations).add_columns(db_now(self.dialect))
+        with self.engine.connect() as conn:
+            due, now = conn.execute(statement).one()
+        return None if due is None else (due - now).total_seconds()
+
+    def _earliest_due(self, destinations: Collection[str]) -> Select[datetime | None]:
         # One min() per destination reads one index entry each; a min() over an IN list reads
         # every pending row of those destinations (all of a 300k backlog, 33 ms).
         earliest = union_all(
@@ -355,10 +374,7 @@ class Outbox:
                 for name in destinations
             )
         ).subquery()
-        statement = select(func.min(earliest.c.due))
-        with self.engine.connect() as conn:
-            value: datetime | None = conn.execute(statement).scalar()
-        return value
+        return select(func.min(earliest.c.due))
 
     def pending(self) -> int:
         """How many rows are pending (the partial index of pending rows, not the history)."""

@@ -3,19 +3,20 @@
 Every bulk change works in batches of ids, one short transaction each, so a retry of a million
 dead rows never holds a lock for long and a progress bar can follow it. Changes are guarded by
 the status the row had when it was selected: a row a worker changed in between is left alone.
+Times are the database's (:func:`relay.schema.db_now`), as the workers' are: the CLI may run on
+any host, with any clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, update
 
-from relay.outbox import utcnow
-from relay.schema import Status, attempts, outbox
+from relay.schema import Status, attempts, db_now, outbox
 
 Progress = Callable[[int], None]
 """Called with how many rows one batch changed."""
@@ -178,7 +179,7 @@ def retry(
     progress: Progress | None = None,
 ) -> int:
     """Put dead (or discarded) rows back to pending, due now, attempts reset; how many."""
-    now = utcnow()
+    now = db_now(engine.dialect.name)
     values = {
         "status": Status.PENDING.value,
         "attempts": 0,
@@ -205,7 +206,7 @@ def discard(
     delivered a moment later, and "discarded" would then be a lie. Run discard again once its
     attempt has finished.
     """
-    now = utcnow()
+    now = db_now(engine.dialect.name)
     guard = or_(
         outbox.c.status == Status.DEAD.value,
         and_(
@@ -223,7 +224,7 @@ def make_due(engine: Engine, destination: str) -> int:
     Rows under a lease (being sent right now) are left alone: moving them would let a second
     worker claim them while the first is still sending.
     """
-    now = utcnow()
+    now = db_now(engine.dialect.name)
     statement = (
         update(outbox)
         .where(
@@ -297,7 +298,7 @@ def prune(
 ) -> int:
     """Delete delivered and discarded rows (and their attempts) unchanged for ``older_than``
     seconds, in batches; how many rows."""
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = db_now(engine.dialect.name, -older_than)
     old = and_(outbox.c.status.in_(PRUNABLE), outbox.c.updated_at < cutoff)
     deleted = 0
     while True:
@@ -318,7 +319,7 @@ def prune(
 
 
 def count_prunable(engine: Engine, older_than: float) -> int:
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = db_now(engine.dialect.name, -older_than)
     statement = (
         select(func.count())
         .select_from(outbox)
@@ -334,9 +335,9 @@ def count_prunable(engine: Engine, older_than: float) -> int:
 def backlog(engine: Engine) -> dict[str, dict[str, Any]]:
     """Per destination: pending and dead rows, and the age of the oldest pending event.
 
-    Reads only pending and dead rows (the status index), never the delivered history.
+    Reads only pending and dead rows (the status index), never the delivered history. Ages
+    count to the database's now, not this host's.
     """
-    now = utcnow()
     statement = (
         select(
             outbox.c.destination,
@@ -349,6 +350,7 @@ def backlog(engine: Engine) -> dict[str, dict[str, Any]]:
     )
     result: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
+        now = conn.execute(select(db_now(engine.dialect.name))).scalar_one()
         for destination, status, n, oldest in conn.execute(statement):
             entry = result.setdefault(
                 destination, {"pending": 0, "dead": 0, "oldest_pending_age": None}
@@ -383,8 +385,6 @@ def destinations_in_outbox(engine: Engine) -> set[str]:
 
 
 def _aware(value: Any) -> datetime:
-    from datetime import UTC
-
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)

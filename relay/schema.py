@@ -11,8 +11,10 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    ColumnElement,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -21,7 +23,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    literal,
     literal_column,
+    type_coerce,
 )
 
 
@@ -51,6 +56,39 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
+
+
+def db_now(dialect: str, plus: float = 0.0) -> ColumnElement[datetime]:
+    """The database's clock, UTC, ``plus`` seconds: SQL for a :class:`UTCDateTime` column.
+
+    Every due time, lease end and outcome time is set and compared on this one clock, never a
+    worker's: a host whose clock runs 61 s ahead would otherwise claim rows another worker still
+    holds under a 60 s lease. ``plus`` is a bound parameter, so a random retry delay does not
+    make a new statement to prepare.
+
+    - PostgreSQL: ``now()``, the start of the transaction (stable inside it, so an index can
+      serve ``next_attempt_at <= now()``; a claim's transaction starts after the worker took its
+      monotonic lease deadline, so the database's lease never ends before the worker's).
+    - SQLite: the text SQLAlchemy stores (``2026-11-23 18:45:24.123000``), so stored values and
+      this compare as text; ``strftime('%f')`` keeps milliseconds where ``CURRENT_TIMESTAMP``
+      has whole seconds. SQLite runs inside each process, so this is that host's clock: one
+      host, one clock, as long as no process on it runs a shifted clock of its own.
+    """
+    expression: ColumnElement[Any]
+    if dialect == "postgresql":
+        expression = literal_column("(now() AT TIME ZONE 'UTC')")
+        if plus:
+            expression = expression + literal(plus, Float()) * literal_column("INTERVAL '1 second'")
+    elif dialect == "sqlite":
+        stamp = func.strftime(
+            literal_column("'%Y-%m-%d %H:%M:%f'"),
+            literal_column("'now'"),
+            literal(f"{plus:+.3f} seconds"),
+        )
+        expression = stamp.concat(literal_column("'000'"))  # milliseconds → microseconds
+    else:
+        raise NotImplementedError(f"the outbox supports PostgreSQL and SQLite, not {dialect}")
+    return type_coerce(expression, UTCDateTime())
 
 
 metadata = MetaData()

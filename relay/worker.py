@@ -23,7 +23,7 @@ from relay.keys import Keys
 from relay.limiter import Limiter
 from relay.limits import RedisLimiter, budgets_for
 from relay.migrate import is_current, upgrade
-from relay.outbox import Outbox, utcnow
+from relay.outbox import Outbox
 from relay.pauses import Pauses
 from relay.queue import Queue
 from relay.retry import RetryPolicy
@@ -221,9 +221,10 @@ class Worker:
         active = [name for name in self.destinations if name not in paused]
         waits: list[float] = []
         free = [name for name in active if name not in limited]
-        next_due = self.outbox.next_due_at(free) if free else None
-        if next_due is not None:
-            waits.append((next_due - utcnow()).total_seconds())
+        # On the database's clock: this host's may be off by more than any wait.
+        due_in = self.outbox.seconds_until_due(free) if free else None
+        if due_in is not None:
+            waits.append(due_in)
         for name in active:
             if name in limited and self.outbox.next_due_at([name]) is not None:
                 waits.append(limited[name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import signal
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from relay.settings import Settings
 from tests.conftest import ROOT, relay_env
 
 PUMP_SCRIPT = """
-import signal, sys
+import logging, os, signal, sys
 from relay.settings import load_settings
+logging.basicConfig(level=os.environ.get("PUMP_LOG_LEVEL", "WARNING"))
 from relay.worker import Worker
 worker = Worker(load_settings())
 signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
@@ -120,6 +122,27 @@ def start_pump(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def libfaketime() -> str | None:
+    """Debian's libfaketime (package ``faketime``; ``scripts/test`` installs it), if present."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    return found[0] if found else None
+
+
+def skewed_clock(seconds: float) -> dict[str, str]:
+    """Environment of a process on a host whose wall clock is ``seconds`` off.
+
+    Only the wall clock: a real skewed host's monotonic clock still runs normally, and
+    libfaketime would otherwise shift ``time.monotonic()`` too.
+    """
+    library = libfaketime()
+    assert library is not None, "Debian's faketime package is not installed"
+    return {
+        "LD_PRELOAD": library,
+        "FAKETIME": f"{seconds:+g}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
 
 
 def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
