@@ -434,7 +434,10 @@ class Dispatcher:
         if outcome.verdict is not Verdict.RETRY:
             return outcome
         reason = self.policies[claim.destination].exhausted(
-            self._attempts_used(claim, outcome), claim.age_from, utcnow()
+            # The database's time of the claim: this worker's clock may be off.
+            self._attempts_used(claim, outcome),
+            claim.age_from,
+            claim.claimed_at or utcnow(),
         )
         if reason is None:
             return outcome
