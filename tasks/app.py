@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.concurrency import ALIASES, get_implementation
 from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
+    worker_shutting_down,
 )
 
 from relay import embedded
@@ -72,6 +74,40 @@ _metrics_server: Any = None
 _full_redis: Any = None
 
 
+def refuse_green_pool(pool: Any) -> None:
+    """Stop the worker's start under a green pool (gevent, eventlet), saying what to use.
+
+    The relay keeps one Worker (queue consumer, connections, HTTP thread pool) per thread;
+    greenlets of one thread would share it, and a Worker per greenlet would be built for every
+    task (those pools spawn a greenlet per task). Nothing would be gained: a pump is one serial
+    loop, and its concurrency is RELAY_SEND_CONCURRENCY requests in flight, in real threads.
+    """
+    implementation = get_implementation(pool)
+    if getattr(implementation, "is_green", False):
+        path = f"{implementation.__module__}:{implementation.__qualname__}"
+        name = next((alias for alias, target in ALIASES.items() if target == path), path)
+        raise SystemExit(
+            f"relay: the Celery pool {name} runs tasks as greenlets, which the relay does "
+            "not support: use -P prefork (the default, one process per pump) or -P threads "
+            "(one thread per pump), or -P solo for a single pump; RELAY_SEND_CONCURRENCY sets "
+            "the requests each pump keeps in flight"
+        )
+
+
+# Connected first, so it runs before anything else starts (receivers run in this order).
+@worker_init.connect
+def _refuse_green_pools(sender: Any = None, **_: Any) -> None:
+    refuse_green_pool(sender.pool_cls)
+
+
+@worker_init.connect
+def _remember_main_process(**_: Any) -> None:
+    # A SIGTERM that ends a pump's round in this process is Celery's too (-P solo).
+    from tasks import jobs
+
+    jobs.worker_started()
+
+
 @worker_init.connect
 def _watch_for_a_full_redis(**_: Any) -> None:
     # On a full Redis beat cannot publish wake-ups and Celery's consumer dies at start (kombu
@@ -92,6 +128,25 @@ def _stop_watching(**_: Any) -> None:
         _full_redis.stop()
 
 
+@worker_shutting_down.connect
+def _end_rounds(**_: Any) -> None:
+    # -P threads: a SIGTERM (or Ctrl-C) to the process ends each running pump after its current
+    # round, as a process-group SIGTERM does in prefork children (sigterm_ends_round); the warm
+    # shutdown then waits for a round, not for the rest of every pump.
+    from tasks import jobs
+
+    jobs.stop_workers()
+
+
+@worker_shutdown.connect
+def _close_workers(**_: Any) -> None:
+    # -P threads and -P solo run tasks in this process (the pool has stopped by now); under
+    # prefork each child closes its own in worker_process_shutdown and this finds none.
+    from tasks import jobs
+
+    jobs.close_workers()
+
+
 @worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     # The main process outlives every pool child: it serves the children's metrics.
@@ -108,7 +163,7 @@ def _after_fork(**_: Any) -> None:
     # Connections made before the fork belong to the parent: each child builds its own.
     from tasks import jobs
 
-    jobs.reset_worker()
+    jobs.reset_workers()
     if _metrics_server is not None:
         from relay import metrics
 
@@ -119,4 +174,4 @@ def _after_fork(**_: Any) -> None:
 def _on_child_exit(**_: Any) -> None:
     from tasks import jobs
 
-    jobs.close_worker()
+    jobs.close_workers()

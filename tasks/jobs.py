@@ -1,9 +1,17 @@
-"""Thin tasks: each calls one function of ``relay.worker``."""
+"""Thin tasks: each calls one function of ``relay.worker``.
+
+Every thread that runs tasks has its own ``Worker``: its own queue consumer (processing list),
+connections and HTTP pool, as if it were a process of its own. Under ``-P threads`` pumps run
+side by side in one process, and one consumer shared between them loses events: one thread's
+ack drops the processing list while another thread's batch is still in it, not yet in the
+outbox. Green pools (gevent, eventlet) are refused at start (see ``tasks.app``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -15,31 +23,57 @@ from relay.worker import Worker
 from tasks.app import app, settings
 
 log = logging.getLogger("relay.tasks")
-_worker: Worker | None = None
+_workers: dict[int, Worker] = {}  # thread ident → that thread's Worker
 _lock = threading.Lock()
+_main_pid: int | None = None  # the Celery worker's main process, once it starts
 
 
 def worker() -> Worker:
-    """This process's Worker, built on first use (after the fork)."""
-    global _worker
+    """This thread's Worker, built on first use (after the fork, in the thread that uses it)."""
+    thread = threading.get_ident()
+    current = _workers.get(thread)
+    if current is None:
+        # One at a time: the first Workers of a new SQLite outbox would migrate it together.
+        with _lock:
+            current = _workers[thread] = Worker(settings)
+    return current
+
+
+def reset_workers() -> None:
+    """Forget Workers inherited from the parent process without touching their connections."""
+    global _lock
+    _workers.clear()
+    _lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+def worker_started() -> None:
+    """Celery's worker is starting in this process, its main one (before any pool child)."""
+    global _main_pid
+    _main_pid = os.getpid()
+
+
+def stop_workers() -> None:
+    """Make every running pump stop after its current round: the worker is shutting down.
+
+    Celery calls this from its signal handler in the main thread. Under ``-P threads`` the
+    pumps run in other threads, so the handler never interrupts a wait on their ``stopping``;
+    under ``-P solo`` the pump runs in the main thread with ``sigterm_ends_round``'s handler
+    instead, and Celery's runs only between pumps.
+    """
+    for current in list(_workers.values()):
+        current.stopping.set()
+
+
+def close_workers() -> None:
+    """Close every Worker of this process; at its exit, once its pumps have returned."""
     with _lock:
-        if _worker is None:
-            _worker = Worker(settings)
-        return _worker
-
-
-def reset_worker() -> None:
-    """Forget a Worker inherited from the parent process without touching its connections."""
-    global _worker
-    _worker = None
-
-
-def close_worker() -> None:
-    global _worker
-    with _lock:
-        if _worker is not None:
-            _worker.close()
-            _worker = None
+        closing = list(_workers.values())
+        _workers.clear()
+    for current in closing:
+        try:
+            current.close()
+        except Exception as exc:  # one failed close must not keep the others open
+            log.warning("could not close a worker: %s: %s", type(exc).__name__, exc)
 
 
 @contextlib.contextmanager
@@ -49,7 +83,10 @@ def sigterm_ends_round(current: Worker) -> Iterator[None]:
     A SIGTERM to the whole process group (honcho, foreman, Heroku, ``kill -TERM -PGID``) also
     reaches the pool children, whose default is to die mid-delivery. The main process is
     shutting down warm at the same time: it waits for this pump, which now returns within a
-    round, and then closes the pool.
+    round, and then closes the pool. Under ``-P solo`` the pump runs in Celery's main process:
+    the SIGTERM is raised again once the pump has returned, for Celery's own handler, so the
+    worker shuts down warm instead of only ending one pump. Under ``-P threads`` pumps run in
+    other threads, where signals never arrive: ``stop_workers`` ends their rounds.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -68,6 +105,9 @@ def sigterm_ends_round(current: Worker) -> Iterator[None]:
         if stopped.is_set():
             # The next pump (if the main process did not stop after all) runs normally.
             current.stopping.clear()
+            if os.getpid() == _main_pid:
+                # -P solo: Celery's handler never saw this SIGTERM, and the worker would go on.
+                signal.raise_signal(signal.SIGTERM)
 
 
 @app.task(name="relay.pump")
