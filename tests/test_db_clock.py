@@ -73,11 +73,11 @@ def test_due_times_and_leases_count_from_the_databases_now(box: Outbox) -> None:
     assert box.seconds_until_due([]) is None
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL stores typed times
 def test_sqlite_stores_the_databases_times_as_sqlalchemy_does(box: Outbox) -> None:
     """On SQLite the times are text: a time the database wrote must compare with one Python
     wrote, so both have the same shape (microseconds, six digits)."""
-    if box.dialect != "sqlite":
-        pytest.skip("PostgreSQL stores typed timestamps")
+    assert box.dialect == "sqlite"
     box.insert(events(2))
     box.claim_due(1, lease_seconds=0.25, destinations=["servoki"])
     with box.engine.connect() as conn:
