@@ -10,12 +10,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 import relay
+from relay.db import make_engine
 from relay.enqueue import Enqueuer
 from relay.sandbox import SandboxProcess
+from relay.schema import outbox
 from relay.settings import Settings
 from tests.conftest import Postgres, RedisServer
 from tests.faults import Workload, run_flush, start_pump, stop, wait_for
@@ -129,6 +133,14 @@ def test_api_outage_then_recovery(
     attempts bounded by the backoff (no hot loop); a 400 goes dead at once."""
     settings = fault_settings(backoff_base=0.2, backoff_cap=1.0, read_timeout=0.5)
     enqueuer = enqueuer_for(settings)
+
+    def outbox_rows() -> dict[str, Any]:
+        engine = make_engine(settings.resolved_database_url)
+        with engine.connect() as conn:
+            rows = {r.event_id: r for r in conn.execute(select(outbox))}
+        engine.dispose()
+        return rows
+
     work = Workload()
     work.enqueue(enqueuer, 300)
     rejected = {"v": 1, "d": "servoki", "id": "rejected", "t": time.time()}
@@ -146,6 +158,9 @@ def test_api_outage_then_recovery(
         time.sleep(1.0)
         sandbox.clear_faults()
         assert wait_for(lambda: work.delivered(sandbox), timeout=120)
+        # A request the API received after the relay's deadline had passed is retried: the
+        # row is delivered only when that retry's answer is written.
+        assert wait_for(lambda: "pending" not in {r.status for r in outbox_rows().values()}, 60)
     finally:
         assert stop(worker) == 0
     stats = sandbox.stats()
@@ -153,15 +168,7 @@ def test_api_outage_then_recovery(
     events = len(work.servoki) + len(work.datalook) + 1
     print(f"requests per event through the outage: {requests / events:.2f}")
     assert requests <= events * 8  # backoff, not a hot loop
-    from sqlalchemy import select
-
-    from relay.db import make_engine
-    from relay.schema import outbox
-
-    engine = make_engine(settings.resolved_database_url)
-    with engine.connect() as conn:
-        rows = {r.event_id: r for r in conn.execute(select(outbox))}
-    engine.dispose()
+    rows = outbox_rows()
     assert rows["rejected"].status == "dead" and rows["rejected"].last_status == 400
     assert max(r.attempts for r in rows.values()) <= 12
     assert all(r.status == "delivered" for k, r in rows.items() if k != "rejected")
