@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from relay.embedded import find_redis_server
+from relay.queue.embedded import find_redis_server
 from relay.settings import Settings
 
 SERVOKI_KEY = "servoki_benchkey0123456789"
@@ -98,8 +98,8 @@ class Postgres:
         self._count = 0
 
     def fresh_url(self) -> str:
-        from relay.db import make_engine
-        from relay.migrate import upgrade
+        from relay.outbox.engine import make_engine
+        from relay.outbox.migrate import upgrade
 
         self._count += 1
         name = f"bench_{self._count}"

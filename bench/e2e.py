@@ -52,17 +52,17 @@ from bench.common import (
     servoki_event,
     start_postgres,
 )
-from relay.db import make_engine
-from relay.delivery import encode_body
 from relay.destinations.base import HttpRequest
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.migrate import upgrade
-from relay.outbox import utcnow
-from relay.sandbox import SandboxProcess
-from relay.schema import outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import upgrade
+from relay.outbox.schema import outbox
+from relay.outbox.store import utcnow
 from relay.settings import Settings
-from relay.transport import make_http_client
-from relay.worker import Worker
+from relay.worker.delivery import encode_body
+from relay.worker.loop import Worker
+from relay.worker.transport import make_http_client
 
 BLOCK = 100
 """Calls per block when alternating the two sides of a latency comparison."""

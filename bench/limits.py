@@ -42,11 +42,11 @@ from bench.common import (
     servoki_event,
     start_postgres,
 )
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.limits import RateLimit, RedisLimiter, plan
-from relay.sandbox import SandboxProcess
+from relay.limiter import RateLimit, RedisLimiter, plan
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 
 LIMITS = {"servoki": "600/60s", "datalook": "500/10s"}
 _SEND = re.compile(r"send event_id=(\S+) slot=([0-9.]+) at=([0-9.]+)")

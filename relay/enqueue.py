@@ -6,7 +6,6 @@ Imports nothing heavy (no Celery, SQLAlchemy or httpx): this runs inside web req
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -22,13 +21,12 @@ from redis.retry import Retry
 from relay.destinations import Destination, build_destinations
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
 from relay.keys import Keys
+from relay.queue import wire
 from relay.settings import Settings, load_settings
 from relay.urls import safe_url, scrub
 
 if TYPE_CHECKING:
-    from relay.fallback import OutboxWriter
-
-QUEUE_FORMAT = 1
+    from relay.outbox.fallback import OutboxWriter
 
 
 class Enqueuer:
@@ -79,19 +77,15 @@ class Enqueuer:
             raise InvalidEvent(
                 destination, "a payload of plain JSON values", f"{type(exc).__name__}: {exc}"
             ) from exc
-        item = {"v": QUEUE_FORMAT, "d": destination, "id": event_id, "t": now.timestamp()}
-        item["p"] = body
         try:
-            data = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidEvent(destination, "JSON-serializable fields", str(exc)) from None
-        try:
-            encoded = data.encode()
+            encoded = wire.encode(destination, event_id, body, now)
         except UnicodeEncodeError as exc:
             text = exc.object[max(0, exc.start - 20) : exc.end + 20]
             raise InvalidEvent(
                 destination, "text that is valid Unicode (no lone surrogate such as \\ud800)", text
             ) from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(destination, "JSON-serializable fields", str(exc)) from None
         if len(encoded) > self.max_bytes:
             raise InvalidEvent(
                 destination,
@@ -157,7 +151,9 @@ class Enqueuer:
     def _outbox_writer(self) -> OutboxWriter:
         with self._outbox_lock:
             if self._outbox is None:
-                from relay.fallback import OutboxWriter  # SQLAlchemy loads only when Redis fails
+                from relay.outbox.fallback import (
+                    OutboxWriter,  # SQLAlchemy loads only when Redis fails
+                )
 
                 self._outbox = OutboxWriter(self.settings, frozenset(self.destinations))
             return self._outbox

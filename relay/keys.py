@@ -1,11 +1,20 @@
-"""Every Redis key the relay uses, in one place.
+"""Every Redis key the relay uses, in one place, and the loader of the relay's Lua scripts.
 
-All keys share one hash tag (``{namespace}``) so the Lua scripts also run on Redis Cluster.
+All keys share one hash tag (``{namespace}``) so the Lua scripts also run on Redis Cluster:
+every script declares the keys it touches (``KEYS``). Scripts that write are ordered so they
+also run on a full Redis (see ``relay/queue/lua/take_batch.lua``). Each part keeps its scripts
+in its own ``lua/`` folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
+
+
+def lua(package: str, name: str) -> str:
+    """The text of the script ``name`` (e.g. ``"take_batch.lua"``) in ``package``'s ``lua/``."""
+    return files(package).joinpath("lua", name).read_text()
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,7 @@ class Settings(BaseSettings):
 
     def _checked_rate(self, text: str, setting: str) -> str:
         """``text`` if it is a limit the buckets can pace under the jitter margin."""
-        from relay.limits.budget import RateLimit, plan
+        from relay.limiter.budget import RateLimit, plan
 
         try:
             plan(RateLimit.parse(text), self.limit_jitter)

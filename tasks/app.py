@@ -16,7 +16,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from relay import embedded
+from relay.queue import embedded
 from relay.settings import Settings, load_settings
 
 settings: Settings = load_settings()
@@ -114,7 +114,7 @@ def _watch_for_a_full_redis(**_: Any) -> None:
     # takes a lock with SET NX): drain first, then keep watching from this main process.
     # Imported here, not at the top: relay.worker loads prometheus-client, which must not be
     # imported before PROMETHEUS_MULTIPROC_DIR is set above.
-    from relay.full_redis import FullRedisWatch
+    from relay.worker.full_redis import FullRedisWatch
 
     global _full_redis
     _full_redis = FullRedisWatch(settings)
@@ -152,7 +152,7 @@ def _serve_metrics(**_: Any) -> None:
     # The main process outlives every pool child: it serves the children's metrics.
     global _metrics_server
     if settings.metrics_port is not None:
-        from relay import metrics
+        from relay.worker import metrics
 
         metrics.clear_multiprocess_dir()
         _metrics_server = metrics.serve(settings)
@@ -165,7 +165,7 @@ def _after_fork(**_: Any) -> None:
 
     jobs.reset_workers()
     if _metrics_server is not None:
-        from relay import metrics
+        from relay.worker import metrics
 
         metrics.close_in_child(_metrics_server)
 

@@ -17,9 +17,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from relay import outbox_admin
-from relay.admin import forget_stale_workers
-from relay.worker import Worker
+from relay.ops.admin import forget_stale_workers
+from relay.outbox import queries as outbox_admin
+from relay.worker.loop import Worker
 from tasks.app import app, settings
 
 log = logging.getLogger("relay.tasks")

@@ -17,10 +17,10 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from relay.cli import main
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.conftest import DATALOOK_KEY, SECRETS, relay_env
 
 UNKNOWN_SITE = "unknown.example"

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import redis
 
-from relay.db import make_engine
-from relay.embedded import find_redis_server
-from relay.migrate import upgrade
-from relay.sandbox import SandboxProcess
+from relay.dev.sandbox import SandboxProcess
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import upgrade
+from relay.queue.embedded import find_redis_server
 from relay.settings import Settings
 
 SERVOKI_KEY = "servoki_testkey0123456789"

@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from relay.db import make_engine
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
-from relay.schema import outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.schema import outbox
 from relay.settings import Settings
 from tests.conftest import ROOT, relay_env
 
@@ -26,7 +26,7 @@ PUMP_SCRIPT = """
 import logging, os, signal, sys
 from relay.settings import load_settings
 logging.basicConfig(level=os.environ.get("PUMP_LOG_LEVEL", "WARNING"))
-from relay.worker import Worker
+from relay.worker.loop import Worker
 worker = Worker(load_settings())
 signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
 try:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
 from relay.settings import Settings
 from tests.conftest import ROOT, relay_env
 

@@ -23,11 +23,11 @@ from celery import Celery
 from celery.concurrency.solo import TaskPool as SoloPool
 from sqlalchemy import func, select
 
-from relay.db import make_engine
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.keys import Keys
-from relay.sandbox import SandboxProcess
-from relay.schema import outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.schema import outbox
 from relay.settings import Settings
 from tests.conftest import ROOT, relay_env
 from tests.faults import stop, wait_for

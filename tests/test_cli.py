@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from relay.db import make_engine
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
+from relay.outbox.engine import make_engine
 from relay.settings import Settings
 from tests.conftest import DATALOOK_KEY, SECRETS, SERVOKI_KEY, Postgres, relay_env
 

@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from relay.db import make_engine
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.outbox import utcnow
-from relay.sandbox import SandboxProcess
-from relay.schema import attempts, outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.schema import attempts, outbox
+from relay.outbox.store import utcnow
 from relay.settings import Settings
 from tests.cli_state import UNKNOWN_SITE, State, build
 from tests.conftest import DATALOOK_KEY

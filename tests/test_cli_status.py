@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.cli_state import State, build
 from tests.conftest import DATALOOK_KEY, ROOT, SECRETS
 

@@ -18,15 +18,16 @@ import pytest
 import redis
 from sqlalchemy import select, text
 
-from relay.db import make_engine
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.keys import Keys
-from relay.outbox import NewEvent, Outbox, utcnow
-from relay.outbox_admin import make_due
-from relay.sandbox import SandboxProcess
-from relay.schema import db_now, outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.queries import make_due
+from relay.outbox.schema import db_now, outbox
+from relay.outbox.store import Outbox, utcnow
+from relay.queue.wire import NewEvent
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.conftest import ROOT, Postgres, relay_env
 from tests.faults import Workload, libfaketime, skewed_clock, start_pump, stop, wait_for
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from relay import embedded
-from relay.admin import Admin
+from relay.ops.admin import Admin
+from relay.queue import embedded
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.conftest import SERVOKI_KEY
 
 

@@ -114,7 +114,7 @@ def test_import_and_enqueue_load_no_celery_sqlalchemy_or_httpx(redis_url: str) -
 
 
 def test_embedded_redis_is_found_by_enqueue_in_another_process(tmp_path: Path) -> None:
-    from relay import embedded
+    from relay.queue import embedded
 
     home = tmp_path / "home"
     embedded.ensure_running(home)

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import Engine, event, func, select, text
 
 import relay
-from relay.db import make_engine
 from relay.enqueue import Enqueuer
-from relay.migrate import is_current, upgrade
-from relay.schema import outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import is_current, upgrade
+from relay.outbox.schema import outbox
 from relay.settings import Settings
 from tests.conftest import SERVOKI_KEY
 
@@ -172,7 +172,7 @@ def test_an_outage_logs_one_warning_not_one_per_request(
 def migrate_to(url: str, revision: str) -> None:
     from alembic import command
 
-    from relay.migrate import _config
+    from relay.outbox.migrate import _config
 
     engine = make_engine(url)
     config = _config(engine)

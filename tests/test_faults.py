@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 
 import relay
-from relay.db import make_engine
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
-from relay.schema import outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.schema import outbox
 from relay.settings import Settings
 from tests.conftest import Postgres, RedisServer
 from tests.faults import Workload, run_flush, start_pump, stop, wait_for

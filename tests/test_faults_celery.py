@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
 from relay.settings import Settings
 from tests.faults import ROOT, Workload, relay_env, run_flush, stop, wait_for
 

@@ -22,21 +22,21 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from relay.admin import Admin
 from relay.cli import main
-from relay.db import make_engine
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.full_redis import redis_memory
 from relay.keys import Keys
-from relay.limits import RedisLimiter
-from relay.limits.budget import RateLimit, plan
-from relay.migrate import upgrade
-from relay.outbox import Outbox
-from relay.pauses import Pauses
-from relay.queue import Queue
-from relay.sandbox import SandboxProcess
+from relay.limiter import RedisLimiter
+from relay.limiter.budget import RateLimit, plan
+from relay.ops.admin import Admin
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import upgrade
+from relay.outbox.store import Outbox
+from relay.queue.consumer import Queue
+from relay.queue.memory import redis_memory
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
+from relay.worker.pauses import Pauses
 from tests.conftest import ROOT, RedisServer, relay_env
 
 PADDING = "x" * 900

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from relay import outbox_admin
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.errors import ConfigError, LimiterUnavailable
-from relay.limiter import Grant
-from relay.limits import RedisLimiter
-from relay.outbox import utcnow
-from relay.sandbox import SandboxProcess
-from relay.schema import attempts, outbox
+from relay.limiter import RedisLimiter
+from relay.limiter.base import Grant
+from relay.outbox import queries as outbox_admin
+from relay.outbox.schema import attempts, outbox
+from relay.outbox.store import utcnow
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.conftest import SECRETS
 
 

@@ -18,11 +18,12 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, event, inspect, select, text
 
-from relay.db import make_engine
-from relay.migrate import _config, upgrade
-from relay.outbox import NewEvent, Outbox, utcnow
-from relay.outbox_admin import find_rows
-from relay.schema import metadata, outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import _config, upgrade
+from relay.outbox.queries import find_rows
+from relay.outbox.schema import metadata, outbox
+from relay.outbox.store import Outbox, utcnow
+from relay.queue.wire import NewEvent
 from tests.conftest import Postgres
 
 PENDING_DUE = "ix_relay_outbox_pending_due"

@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from relay.destinations import Servoki
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.errors import ConfigError, LimiterUnavailable
 from relay.keys import Keys
-from relay.limits import RateLimit, RedisLimiter, budgets_for, plan
-from relay.limits.budget import SLACK
-from relay.sandbox import SandboxProcess
+from relay.limiter import RateLimit, RedisLimiter, budgets_for, plan
+from relay.limiter.budget import SLACK
 from relay.settings import DestinationConfig, Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.conftest import SERVOKI_KEY, RedisServer
 
 SCOPE = ("s",)

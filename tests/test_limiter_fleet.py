@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.limits import RateLimit, plan
-from relay.sandbox import SandboxProcess
+from relay.limiter import RateLimit, plan
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.conftest import Postgres
 
 pytestmark = pytest.mark.slow

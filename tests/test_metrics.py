@@ -7,11 +7,11 @@ from collections.abc import Callable
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay import metrics
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker import metrics
+from relay.worker.loop import Worker
 
 COUNTERS = (
     "relay_events_enqueued_total", "relay_events_deduplicated_total",

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from relay.delivery import UNSTORABLE, Round
+from relay.destinations.outcome import Outcome, Verdict
 from relay.enqueue import Enqueuer
-from relay.outcomes import Outcome, Verdict
-from relay.schema import attempts, outbox
+from relay.outbox.schema import attempts, outbox
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.delivery import UNSTORABLE, Round
+from relay.worker.loop import Worker
 
 ANSWERS: dict[str, tuple[int, bytes]] = {
     "nul": (400, b'{"error":"bad value \x00 here","raw":"\xff\xfe\xfd"}'),

@@ -16,17 +16,17 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from relay.admin import Admin
-from relay.delivery import Round
 from relay.destinations import HttpRequest
+from relay.destinations.outcome import Outcome
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.limits import RedisLimiter
-from relay.outbox import Claim, utcnow
-from relay.outcomes import Outcome
-from relay.sandbox import SandboxProcess
-from relay.schema import outbox
+from relay.limiter import RedisLimiter
+from relay.ops.admin import Admin
+from relay.outbox.schema import outbox
+from relay.outbox.store import Claim, utcnow
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.delivery import Round
+from relay.worker.loop import Worker
 from tests.faults import start_pump
 
 pytestmark = pytest.mark.slow

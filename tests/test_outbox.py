@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.db import make_engine
-from relay.outbox import NewEvent, Outbox, utcnow
+from relay.outbox.engine import make_engine
+from relay.outbox.store import Outbox, utcnow
+from relay.queue.wire import NewEvent
 
 
 @pytest.fixture
@@ -107,8 +108,8 @@ def test_migration_0003_keeps_rows_and_goes_both_ways(db_url: str) -> None:
     from alembic import command
     from sqlalchemy import inspect, select
 
-    from relay.migrate import _config, is_current, upgrade
-    from relay.schema import outbox
+    from relay.outbox.migrate import _config, is_current, upgrade
+    from relay.outbox.schema import outbox
 
     def columns() -> set[str]:
         return {c["name"] for c in inspect(engine).get_columns("relay_outbox")}

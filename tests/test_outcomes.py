@@ -10,9 +10,9 @@ from pydantic import SecretStr
 
 from relay.destinations import DataLook, Servoki
 from relay.destinations.base import USER_AGENT, parse_retry_after
-from relay.outcomes import Verdict
-from relay.retry import RetryPolicy
+from relay.destinations.outcome import Verdict
 from relay.settings import DestinationConfig
+from relay.worker.retry import RetryPolicy
 from tests.conftest import DATALOOK_KEY, SERVOKI_KEY
 
 SERVOKI = Servoki(

@@ -15,12 +15,12 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import func, select
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.keys import Keys
-from relay.sandbox import SandboxProcess
-from relay.schema import outbox
+from relay.outbox.schema import outbox
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 
 
 def foreign_item(event_id_json: str) -> bytes:

@@ -18,19 +18,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from relay.db import make_engine
-from relay.delivery import encode_body
 from relay.destinations.base import field_name
 from relay.destinations.iso4217 import CURRENCY_CODES
+from relay.dev.sandbox import SandboxProcess
+from relay.dev.sandbox.validation import InvalidBody, datalook_event, decode_object, servoki_site
 from relay.enqueue import Enqueuer
 from relay.errors import InvalidEvent
-from relay.outbox import Outbox
-from relay.queue import parse_items
-from relay.sandbox import SandboxProcess
-from relay.sandbox.validation import InvalidBody, datalook_event, decode_object, servoki_site
-from relay.schema import outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.schema import outbox
+from relay.outbox.store import Outbox
+from relay.queue.wire import parse_items
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.delivery import encode_body
+from relay.worker.loop import Worker
 
 text = st.text(min_size=1, max_size=20).filter(lambda s: s.strip())
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64) | st.integers(-(10**9), 10**9)

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.sandbox import SandboxProcess, SandboxStartError
-from relay.sandbox.state import RateLimit
+from relay.dev.sandbox import SandboxProcess, SandboxStartError
+from relay.dev.sandbox.state import RateLimit
 
 SERVOKI_KEY = "servoki_test0123456789"
 DATALOOK_KEY = "dl_live_k1_s3cr3t"

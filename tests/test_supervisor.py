@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
 from relay.settings import Settings
 from tests.faults import ROOT, Workload, relay_env, wait_for
 

@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from relay.dev.sandbox.validation import InvalidBody, datalook_event, decode_object, servoki_site
 from relay.enqueue import Enqueuer
 from relay.errors import InvalidEvent, UnknownDestination
-from relay.sandbox.validation import InvalidBody, datalook_event, decode_object, servoki_site
 from relay.settings import Settings
 from tests.conftest import DATALOOK_KEY, SERVOKI_KEY
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.sandbox import SandboxProcess
-from relay.schema import outbox
+from relay.outbox.schema import outbox
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.conftest import DATALOOK_KEY, SECRETS
 
 
@@ -268,7 +268,7 @@ def test_poison_items_are_quarantined_and_the_batch_delivered(
 
 
 def test_reaper_returns_a_dead_consumers_batch(relay_: Relay, sandbox: SandboxProcess) -> None:
-    from relay.queue import Queue
+    from relay.queue.consumer import Queue
 
     _, items = relay_.enqueuer.encode_many("servoki", servoki(10))
     relay_.enqueuer.push(items)
@@ -327,7 +327,7 @@ def test_worker_warns_when_redis_can_lose_events(
 
 
 def test_refused_probes_back_off(make_settings: Callable[..., Settings]) -> None:
-    from relay.pauses import Pauses
+    from relay.worker.pauses import Pauses
 
     worker = Worker(make_settings(pause_probe_seconds=10))
     try:

@@ -10,8 +10,6 @@ import click
 from rich.markup import escape
 from rich.text import Text
 
-from relay import outbox_admin as rows
-from relay.admin import Admin
 from relay.cli.base import main, settings_from
 from relay.cli.output import (
     age,
@@ -25,9 +23,11 @@ from relay.cli.output import (
     since,
     table,
 )
+from relay.destinations.outcome import truncate
 from relay.errors import EventNotFound
-from relay.outcomes import truncate
-from relay.schema import Status
+from relay.ops.admin import Admin
+from relay.outbox import queries as rows
+from relay.outbox.schema import Status
 
 STATUSES = click.Choice([s.value for s in Status])
 destination_option = click.option("--destination", "-d", help="Only this destination.")

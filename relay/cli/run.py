@@ -23,8 +23,8 @@ def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the outbox table to the newest schema."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from relay.db import describe_error, make_engine
-    from relay.migrate import upgrade
+    from relay.outbox.engine import describe_error, make_engine
+    from relay.outbox.migrate import upgrade
     from relay.urls import safe_url
 
     settings = settings_from(ctx)
@@ -56,7 +56,7 @@ def flush(ctx: click.Context, max_wait: float, as_json: bool) -> None:
     Exit status: 0 all delivered; 1 some events ended dead; 2 a destination is paused;
     3 events are still pending (retries scheduled beyond --max-wait).
     """
-    from relay.worker import Worker
+    from relay.worker.loop import Worker
 
     worker = Worker(settings_from(ctx))
     try:
@@ -110,7 +110,7 @@ def redis() -> None:
 @click.pass_context
 def redis_start(ctx: click.Context) -> None:
     """Start the embedded redis-server under RELAY_HOME (default ./.relay)."""
-    from relay import embedded
+    from relay.queue import embedded
 
     socket = embedded.ensure_running(settings_from(ctx).home)
     click.echo(f"embedded Redis is running on unix://{socket}")
@@ -120,7 +120,7 @@ def redis_start(ctx: click.Context) -> None:
 @click.pass_context
 def redis_stop(ctx: click.Context) -> None:
     """Stop the embedded redis-server (its AOF keeps the queue)."""
-    from relay import embedded
+    from relay.queue import embedded
 
     stopped = embedded.stop(settings_from(ctx).home)
     click.echo("embedded Redis stopped" if stopped else "embedded Redis was not running")
@@ -130,7 +130,7 @@ def redis_stop(ctx: click.Context) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def sandbox(args: tuple[str, ...]) -> None:
     """Run the local stand-in for both APIs (see `relay sandbox --help`)."""
-    from relay.sandbox.__main__ import main as sandbox_main
+    from relay.dev.sandbox.__main__ import main as sandbox_main
 
     argv = list(args)
     if not any(a == "--port" or a.startswith("--port=") for a in argv) and "--help" not in argv:
@@ -143,7 +143,7 @@ def demo() -> None:
     """Run the relay end to end on embedded defaults against the sandbox."""
     from rich.console import Console
 
-    from relay.demo import run_demo
+    from relay.dev.demo import run_demo
 
     # Only RELAY_HOME is read: the demo never sends to configured, real destinations.
     sys.exit(run_demo(Path(os.environ.get("RELAY_HOME", ".relay")), Console()))

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from relay.cli.base import main
 from relay.cli.output import age, ago, emit, emit_json, json_option, open_admin, table
-from relay.full_redis import FULL_ADVICE
+from relay.queue.memory import FULL_ADVICE
 
 
 @main.command()

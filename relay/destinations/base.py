@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from relay import __version__
+from relay.destinations.outcome import Outcome
 from relay.errors import MISSING, InvalidEvent, show
-from relay.outcomes import Outcome
 from relay.settings import DestinationConfig
 
 USER_AGENT = f"relay/{__version__} (+event relay)"

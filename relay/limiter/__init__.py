@@ -1,0 +1,12 @@
+"""Shared rate limits: documented limits turned into Redis token buckets.
+
+    budget.py   RateLimit ("600/60s") → Budget (capacity, rate) that cannot exceed it
+    bucket.py   RedisLimiter: GCRA buckets in Redis, on Redis's clock, for every worker
+
+The seam the delivery engine calls (``Limiter``, ``Unlimited``) is :mod:`relay.limiter`.
+"""
+
+from relay.limiter.bucket import LimiterStats, RedisLimiter, budgets_for
+from relay.limiter.budget import Budget, RateLimit, plan
+
+__all__ = ["Budget", "LimiterStats", "RateLimit", "RedisLimiter", "budgets_for", "plan"]

@@ -1,0 +1,4 @@
+"""What operators see and do: status, health, the outbox rows, pauses, the metrics exporter.
+
+admin.py      Admin: the operator facade over Redis and the outbox, typed results
+"""

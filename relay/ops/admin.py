@@ -1,0 +1,358 @@
+"""What operator commands see: the queue, the outbox, pauses and heartbeats, in one place.
+
+:class:`Admin` opens Redis and the outbox lazily and translates their failures into
+:class:`~relay.errors.Unreachable` naming which one (URL without credentials). Everything it
+returns is plain data, ready for a table or ``--json``; texts that could carry a key are
+passed through :meth:`Admin.redact`, which is the destinations' own redaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from relay.destinations import Destination, build_destinations
+from relay.errors import ConfigError, UnknownDestination, Unreachable
+from relay.keys import Keys
+from relay.outbox import queries as rows
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import is_current, upgrade
+from relay.outbox.store import Outbox
+from relay.queue import embedded
+from relay.queue.memory import FULL_ADVICE, RedisMemory, redis_memory
+from relay.settings import DestinationConfig, Settings
+from relay.urls import safe_url, scrub
+from relay.worker.pauses import Pauses
+
+QUEUE_SCAN_CAP = 10_000
+"""Per-destination queue counts read the whole list; above this length they are skipped."""
+
+
+class Admin:
+    """Operator access to one relay (its settings' Redis namespace and outbox)."""
+
+    def __init__(
+        self, settings: Settings, *, start_embedded: bool = True, check_schema: bool = True
+    ) -> None:
+        self.settings = settings
+        self.check_schema = check_schema
+        self.keys = Keys(settings.namespace)
+        self.configs: dict[str, DestinationConfig] = settings.destination_configs()
+        self.destinations = list(self.configs)
+        self.start_embedded = start_embedded
+        self._engine: Engine | None = None
+        self._redis: redis.Redis | None = None
+        self._redactors: list[Destination] = list(build_destinations(self.configs).values())
+
+    # -- connections ----------------------------------------------------------------------
+
+    @property
+    def redis_where(self) -> str:
+        return f"Redis at {safe_url(self.settings.resolved_redis_url)}"
+
+    @property
+    def database_where(self) -> str:
+        return f"the outbox database at {safe_url(self.settings.resolved_database_url)}"
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            if self.settings.embedded_redis and self.start_embedded:
+                embedded.ensure_running(self.settings.home)
+            self._redis = redis.Redis.from_url(
+                self.settings.resolved_redis_url, socket_timeout=5, socket_connect_timeout=3
+            )
+        return self._redis
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            engine = make_engine(self.settings.resolved_database_url, connect_timeout=5)
+            try:
+                if self.check_schema:
+                    with self.db_errors():
+                        self._ensure_schema(engine)
+            except BaseException:
+                engine.dispose()
+                raise
+            self._engine = engine
+        return self._engine
+
+    def _ensure_schema(self, engine: Engine) -> None:
+        if is_current(engine):
+            return
+        if engine.dialect.name == "sqlite":
+            upgrade(engine)  # the embedded outbox migrates itself, as the worker does
+            return
+        raise ConfigError(
+            f"{self.database_where} is not at the newest schema: run `relay db upgrade` first"
+        )
+
+    @contextlib.contextmanager
+    def redis_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise Unreachable(f"{self.redis_where} does not answer: {self._reason(exc)}") from exc
+
+    @contextlib.contextmanager
+    def db_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            cause: BaseException = getattr(exc, "orig", None) or exc
+            raise Unreachable(
+                f"{self.database_where} does not answer: {self._reason(cause)}"
+            ) from exc
+
+    def _reason(self, exc: BaseException) -> str:
+        """``ErrorClass: first line`` of ``exc``, without any URL credential or key."""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        urls = (self.settings.resolved_redis_url, self.settings.resolved_database_url)
+        return self.redact(f"{type(exc).__name__}: {scrub(first, *urls)}")[:300]
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def redact(self, text: str) -> str:
+        """``text`` with every configured destination's secrets masked (its own redaction)."""
+        for destination in self._redactors:
+            text = destination.redact(text)
+        return text
+
+    def check_destination(self, name: str | None, *, configured: bool = False) -> None:
+        """Raise UnknownDestination unless ``name`` is configured (or, unless ``configured``, it
+        has rows in the outbox)."""
+        if name is None or name in self.configs:
+            return
+        if not configured:
+            with self.db_errors():
+                if name in rows.destinations_in_outbox(self.engine):
+                    return
+        raise UnknownDestination(name, self.destinations)
+
+    # -- Redis state ----------------------------------------------------------------------
+
+    def memory(self) -> RedisMemory:
+        with self.redis_errors():
+            return redis_memory(self.redis)
+
+    def queue_length(self) -> int:
+        with self.redis_errors():
+            return int(self.redis.llen(self.keys.queue))
+
+    def quarantine_length(self) -> int:
+        with self.redis_errors():
+            return int(self.redis.llen(self.keys.quarantine))
+
+    def quarantine(self, recent: int = 5) -> dict[str, Any]:
+        """Quarantined items: how many, how many ever, and the newest reasons (not the items)."""
+        with self.redis_errors():
+            pipe = self.redis.pipeline(transaction=False)  # MULTI fails on a full Redis
+            pipe.llen(self.keys.quarantine)
+            pipe.get(self.keys.quarantined_total)
+            pipe.lrange(self.keys.quarantine, 0, recent - 1)
+            length, total, newest = pipe.execute()
+        entries: list[dict[str, str | None]] = []
+        for raw in newest:
+            try:
+                entry = json.loads(raw)
+                at = datetime.fromtimestamp(float(entry.get("at", 0)), UTC).isoformat()
+                entries.append({"reason": self.redact(str(entry.get("reason"))), "at": at})
+            except (ValueError, TypeError):
+                entries.append({"reason": "unreadable quarantine entry", "at": None})
+        return {"length": int(length), "total": int(total or 0), "recent": entries}
+
+    def queued_by_destination(self) -> dict[str, int] | None:
+        """Queue items per destination, or None when the queue is too long to read whole."""
+        with self.redis_errors():
+            if self.redis.llen(self.keys.queue) > QUEUE_SCAN_CAP:
+                return None
+            items = self.redis.lrange(self.keys.queue, 0, QUEUE_SCAN_CAP - 1)
+        counts: dict[str, int] = {}
+        for raw in items:
+            try:
+                name = json.loads(raw).get("d")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(name, str):
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def pauses(self) -> dict[str, dict[str, Any]]:
+        with self.redis_errors():
+            return Pauses(self.redis, self.keys).all()
+
+    def pause(self, name: str, reason: str) -> None:
+        """Pause ``name`` for every worker until resumed (no probes)."""
+        self.check_destination(name, configured=True)
+        with self.redis_errors():
+            Pauses(self.redis, self.keys).pause(name, reason, by="operator")
+
+    def resume(self, name: str) -> tuple[bool, int]:
+        """Resume ``name``; (whether it was paused, how many waiting events are due now)."""
+        self.check_destination(name, configured=True)
+        with self.redis_errors():
+            was_paused = Pauses(self.redis, self.keys).resume(name)
+        with self.db_errors():
+            return was_paused, rows.make_due(self.engine, name)
+
+    def heartbeats(self) -> dict[str, float]:
+        """Worker id → unix time of its last heartbeat."""
+        with self.redis_errors():
+            raw = self.redis.hgetall(self.keys.workers)
+        beats: dict[str, float] = {}
+        for worker, value in raw.items():
+            with contextlib.suppress(ValueError):
+                beats[_text(worker)] = float(value)
+        return beats
+
+    @staticmethod
+    def now_ts() -> float:
+        return time.time()
+
+    # -- outbox state ---------------------------------------------------------------------
+
+    def backlog(self) -> dict[str, dict[str, Any]]:
+        with self.db_errors():
+            return rows.backlog(self.engine)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        with self.db_errors():
+            return Outbox(self.engine).counts()
+
+    def dead_reasons(self) -> dict[str, dict[str, int]]:
+        with self.db_errors():
+            return rows.dead_reasons(self.engine)
+
+    def rate_per_second(self, name: str) -> float | None:
+        """The sustained send rate the limiter allows ``name`` (under its documented limit)."""
+        config = self.configs.get(name)
+        if config is None or not config.rate_limit:
+            return None
+        from relay.limiter.budget import RateLimit, plan
+
+        try:
+            return plan(RateLimit.parse(config.rate_limit), self.settings.limit_jitter).rate
+        except ValueError:
+            return None
+
+    def status(self, alive_within: float = 60.0) -> dict[str, Any]:
+        """Everything ``relay status`` shows, as plain data."""
+        queue = self.queue_length()
+        memory = self.memory()
+        queued = self.queued_by_destination()
+        paused = self.pauses()
+        beats = self.heartbeats()
+        counts = self.counts()
+        backlog = self.backlog()
+        reasons = self.dead_reasons()
+        now = time.time()
+        names = sorted(set(self.configs) | set(counts) | set(paused) | set(queued or {}))
+        destinations: dict[str, Any] = {}
+        for name in names:
+            by_status = counts.get(name, {})
+            pending = by_status.get("pending", 0)
+            record = paused.get(name)
+            rate = self.rate_per_second(name)
+            in_queue = None if queued is None else queued.get(name, 0)
+            ahead = pending + (in_queue or 0)
+            destinations[name] = {
+                "configured": name in self.configs,
+                "queued": in_queue,
+                "pending": pending,
+                "delivered": by_status.get("delivered", 0),
+                "dead": by_status.get("dead", 0),
+                "discarded": by_status.get("discarded", 0),
+                "oldest_pending_age": backlog.get(name, {}).get("oldest_pending_age"),
+                "dead_reasons": reasons.get(name, {}),
+                "paused": record is not None,
+                "paused_reason": self.redact(str(record.get("reason"))) if record else None,
+                "paused_by": record.get("by") if record else None,
+                "paused_since": _iso_ts(record.get("since")) if record else None,
+                "limit": self.configs[name].rate_limit if name in self.configs else None,
+                "rate_per_second": round(rate, 3) if rate else None,
+                "drain_seconds": round(ahead / rate, 1) if rate and not record else None,
+            }
+        return {
+            "queue": queue,
+            "redis": {
+                "used_memory": memory.used,
+                "maxmemory": memory.maxmemory,
+                "maxmemory_policy": memory.policy,
+                "full": memory.full,
+            },
+            "quarantine": self.quarantine(),
+            "workers": {
+                "alive": sum(1 for at in beats.values() if now - at <= alive_within),
+                "newest_heartbeat_age": round(now - max(beats.values()), 1) if beats else None,
+            },
+            "destinations": destinations,
+        }
+
+    def health(self, max_age: float | None) -> str | None:
+        """None when Redis and the outbox answer and a worker beat within ``max_age`` s (None:
+        workers are not checked); else the first problem, in one line."""
+        try:
+            with self.redis_errors():
+                self.redis.ping()
+            memory = self.memory()
+            with self.db_errors(), self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except (Unreachable, ConfigError) as exc:
+            return str(exc)
+        if memory.full:
+            return f"{self.redis_where} is at its memory limit ({memory.describe()}): {FULL_ADVICE}"
+        if max_age is None:
+            return None
+        beats = self.heartbeats()
+        if not beats:
+            return (
+                "no worker heartbeat: no Celery worker has run a pump on this relay "
+                "(are the worker and beat running?)"
+            )
+        age = time.time() - max(beats.values())
+        if age > max_age:
+            return (
+                f"the newest worker heartbeat is {age:.1f}s old (limit {max_age:g}s): "
+                "workers are down or not woken (is beat running?)"
+            )
+        return None
+
+
+def forget_stale_workers(client: redis.Redis, keys: Keys, older_than: float) -> int:
+    """Drop heartbeat entries of workers silent for ``older_than`` s: a killed worker never
+    removes its own, and the hash would grow with every crash."""
+    now = time.time()
+    stale = [
+        worker
+        for worker, at in client.hgetall(keys.workers).items()
+        if now - float(at) > older_than
+    ]
+    if stale:
+        client.hdel(keys.workers, *stale)
+    return len(stale)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _iso_ts(value: Any) -> str | None:
+    try:
+        return datetime.fromtimestamp(float(value), UTC).isoformat()
+    except (TypeError, ValueError):
+        return None

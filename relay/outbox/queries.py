@@ -1,0 +1,391 @@
+"""Outbox queries for operators: list, show, retry, discard and prune rows.
+
+Every bulk change works in batches of ids, one short transaction each, so a retry of a million
+dead rows never holds a lock for long and a progress bar can follow it. Changes are guarded by
+the status the row had when it was selected: a row a worker changed in between is left alone.
+Times are the database's (:func:`relay.schema.db_now`), as the workers' are: the CLI may run on
+any host, with any clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, update
+
+from relay.outbox.schema import Status, attempts, db_now, outbox
+
+Progress = Callable[[int], None]
+"""Called with how many rows one batch changed."""
+
+RETRYABLE = (Status.DEAD.value, Status.DISCARDED.value)
+DISCARDABLE = (Status.DEAD.value, Status.PENDING.value)
+PRUNABLE = (Status.DELIVERED.value, Status.DISCARDED.value)
+
+
+def reason_of(status: int | None, error: str | None) -> str:
+    """A short reason for a failed row: ``HTTP 404``, or the error's class (``timeout``)."""
+    if status:
+        return f"HTTP {status}"
+    text = error or "unknown"
+    # "gave up after 25 attempts (…); last: timeout: ReadTimeout" → the last error's class.
+    if "; last: " in text:
+        text = text.split("; last: ", 1)[1]
+    return text.split(":", 1)[0].strip() or "unknown"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which rows a listing or a bulk change applies to."""
+
+    statuses: Sequence[str] = ()
+    destination: str | None = None
+    since: datetime | None = None
+    reason: str | None = None
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = []
+        if self.statuses:
+            where.append(outbox.c.status.in_(list(self.statuses)))
+        if self.destination:
+            where.append(outbox.c.destination == self.destination)
+        if self.since is not None:
+            where.append(outbox.c.updated_at >= self.since)
+        if self.reason:
+            where.append(reason_clause(self.reason))
+        return where
+
+
+def reason_clause(reason: str) -> ColumnElement[bool]:
+    """``404`` or ``HTTP 404`` match the HTTP status; other text matches inside the error."""
+    text = reason.strip()
+    digits = text.upper().removeprefix("HTTP").strip()
+    if digits.isdigit():
+        return outbox.c.last_status == int(digits)
+    return func.lower(outbox.c.last_error).contains(text.lower(), autoescape=True)
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    """One outbox row as operators see it (timestamps as ISO 8601 strings)."""
+    return {
+        "event_id": row.event_id,
+        "destination": row.destination,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_status": row.last_status,
+        "last_error": row.last_error,
+        "reason": reason_of(row.last_status, row.last_error)
+        if row.status == Status.DEAD.value
+        else None,
+        "created_at": _iso(row.created_at),
+        "enqueued_at": _iso(row.enqueued_at),
+        "retried_at": _iso(row.retried_at),
+        "updated_at": _iso(row.updated_at),
+        "next_attempt_at": _iso(row.next_attempt_at)
+        if row.status == Status.PENDING.value
+        else None,
+        "delivered_at": _iso(row.delivered_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+_LISTED = (
+    outbox.c.id,
+    outbox.c.event_id,
+    outbox.c.destination,
+    outbox.c.status,
+    outbox.c.attempts,
+    outbox.c.last_status,
+    outbox.c.last_error,
+    outbox.c.created_at,
+    outbox.c.enqueued_at,
+    outbox.c.retried_at,
+    outbox.c.updated_at,
+    outbox.c.next_attempt_at,
+    outbox.c.delivered_at,
+)
+
+
+def list_rows(engine: Engine, filters: Filters, limit: int | None) -> list[dict[str, Any]]:
+    """Rows matching ``filters``, most recently changed first."""
+    statement = (
+        select(*_LISTED)
+        .where(*filters.clauses())
+        .order_by(outbox.c.updated_at.desc(), outbox.c.id.desc())
+    )
+    if limit:
+        statement = statement.limit(limit)
+    with engine.connect() as conn:
+        return [row_dict(row) for row in conn.execute(statement)]
+
+
+def find_rows(engine: Engine, event_ids: Iterable[str], destination: str | None) -> list[Any]:
+    """The rows (id, event_id, destination, status, …) of ``event_ids``."""
+    ids = list(dict.fromkeys(event_ids))
+    found: list[Any] = []
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            statement = select(*_LISTED, outbox.c.payload).where(
+                outbox.c.event_id.in_(ids[start : start + 500])
+            )
+            if destination:
+                statement = statement.where(outbox.c.destination == destination)
+            found += conn.execute(statement.order_by(outbox.c.id)).all()
+    return found
+
+
+def attempt_history(engine: Engine, outbox_id: int) -> list[dict[str, Any]]:
+    """Every recorded attempt of one row, oldest first."""
+    statement = (
+        select(attempts.c.attempt, attempts.c.at, attempts.c.status, attempts.c.verdict)
+        .add_columns(attempts.c.detail)
+        .where(attempts.c.outbox_id == outbox_id)
+        .order_by(attempts.c.id)
+    )
+    with engine.connect() as conn:
+        return [
+            {
+                "attempt": row.attempt,
+                "at": _iso(row.at),
+                "status": row.status,
+                "verdict": row.verdict,
+                "detail": row.detail,
+            }
+            for row in conn.execute(statement)
+        ]
+
+
+def count(engine: Engine, filters: Filters) -> int:
+    statement = select(func.count()).select_from(outbox).where(*filters.clauses())
+    with engine.connect() as conn:
+        return int(conn.execute(statement).scalar_one())
+
+
+# -- changes ----------------------------------------------------------------------------
+
+
+def retry(
+    engine: Engine,
+    *,
+    ids: Sequence[int] | None = None,
+    filters: Filters | None = None,
+    batch: int = 1000,
+    progress: Progress | None = None,
+) -> int:
+    """Put dead (or discarded) rows back to pending, due now, attempts reset; how many."""
+    now = db_now(engine.dialect.name)
+    values = {
+        "status": Status.PENDING.value,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_token": None,
+        "delivered_at": None,
+        "updated_at": now,
+        "retried_at": now,  # a fresh age budget too, not only fresh attempts
+    }
+    return _change(engine, outbox.c.status.in_(RETRYABLE), values, ids, filters, batch, progress)
+
+
+def discard(
+    engine: Engine,
+    *,
+    ids: Sequence[int] | None = None,
+    filters: Filters | None = None,
+    batch: int = 1000,
+    progress: Progress | None = None,
+) -> int:
+    """Mark dead or pending rows discarded: never sent again, kept for audit; how many.
+
+    A pending row a worker is sending right now (under a live lease) is left alone: it may be
+    delivered a moment later, and "discarded" would then be a lie. Run discard again once its
+    attempt has finished.
+    """
+    now = db_now(engine.dialect.name)
+    guard = or_(
+        outbox.c.status == Status.DEAD.value,
+        and_(
+            outbox.c.status == Status.PENDING.value,
+            or_(outbox.c.lease_token.is_(None), outbox.c.next_attempt_at <= now),
+        ),
+    )
+    values = {"status": Status.DISCARDED.value, "lease_token": None, "updated_at": now}
+    return _change(engine, guard, values, ids, filters, batch, progress)
+
+
+def make_due(engine: Engine, destination: str) -> int:
+    """Make the pending rows of ``destination`` due now (on resume); how many.
+
+    Rows under a lease (being sent right now) are left alone: moving them would let a second
+    worker claim them while the first is still sending.
+    """
+    now = db_now(engine.dialect.name)
+    statement = (
+        update(outbox)
+        .where(
+            outbox.c.destination == destination,
+            outbox.c.status == Status.PENDING.value,
+            outbox.c.lease_token.is_(None),
+            outbox.c.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+    )
+    with engine.begin() as conn:
+        return int(conn.execute(statement).rowcount)
+
+
+def _change(
+    engine: Engine,
+    guard: ColumnElement[bool],
+    values: dict[str, Any],
+    ids: Sequence[int] | None,
+    filters: Filters | None,
+    batch: int,
+    progress: Progress | None,
+) -> int:
+    changed = 0
+    for chunk in _batches(engine, ids, filters, guard, batch):
+        statement = update(outbox).where(outbox.c.id.in_(chunk), guard).values(**values)
+        with engine.begin() as conn:
+            done = conn.execute(statement).rowcount
+        changed += done
+        if progress is not None:
+            progress(done)
+    return changed
+
+
+def _batches(
+    engine: Engine,
+    ids: Sequence[int] | None,
+    filters: Filters | None,
+    guard: ColumnElement[bool],
+    batch: int,
+) -> Iterable[list[int]]:
+    """Chunks of row ids: the given ones, or those matching ``filters`` (re-selected per batch,
+    so rows changed by the previous batch drop out)."""
+    if ids is not None:
+        for start in range(0, len(ids), batch):
+            yield list(ids[start : start + batch])
+        return
+    assert filters is not None
+    last = 0
+    while True:
+        statement = (
+            select(outbox.c.id)
+            .where(and_(guard, outbox.c.id > last, *filters.clauses()))
+            .order_by(outbox.c.id)
+            .limit(batch)
+        )
+        with engine.connect() as conn:
+            chunk = list(conn.execute(statement).scalars())
+        if not chunk:
+            return
+        last = chunk[-1]
+        yield chunk
+
+
+def prune(
+    engine: Engine,
+    older_than: float,
+    *,
+    batch: int = 1000,
+    progress: Progress | None = None,
+) -> int:
+    """Delete delivered and discarded rows (and their attempts) unchanged for ``older_than``
+    seconds, in batches; how many rows."""
+    cutoff = db_now(engine.dialect.name, -older_than)
+    old = and_(outbox.c.status.in_(PRUNABLE), outbox.c.updated_at < cutoff)
+    deleted = 0
+    while True:
+        with engine.begin() as conn:
+            chunk = list(
+                conn.execute(select(outbox.c.id).where(old).order_by(outbox.c.id).limit(batch))
+                .scalars()
+                .all()
+            )
+            if not chunk:
+                break
+            conn.execute(delete(attempts).where(attempts.c.outbox_id.in_(chunk)))
+            done = conn.execute(delete(outbox).where(outbox.c.id.in_(chunk), old)).rowcount
+        deleted += done
+        if progress is not None:
+            progress(done)
+    return deleted
+
+
+def count_prunable(engine: Engine, older_than: float) -> int:
+    cutoff = db_now(engine.dialect.name, -older_than)
+    statement = (
+        select(func.count())
+        .select_from(outbox)
+        .where(outbox.c.status.in_(PRUNABLE), outbox.c.updated_at < cutoff)
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(statement).scalar_one())
+
+
+# -- summaries --------------------------------------------------------------------------
+
+
+def backlog(engine: Engine) -> dict[str, dict[str, Any]]:
+    """Per destination: pending and dead rows, and the age of the oldest pending event.
+
+    Reads only pending and dead rows (the status index), never the delivered history. Ages
+    count to the database's now, not this host's.
+    """
+    statement = (
+        select(
+            outbox.c.destination,
+            outbox.c.status,
+            func.count(),
+            func.min(outbox.c.enqueued_at),
+        )
+        .where(or_(outbox.c.status == Status.PENDING.value, outbox.c.status == Status.DEAD.value))
+        .group_by(outbox.c.destination, outbox.c.status)
+    )
+    result: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        now = conn.execute(select(db_now(engine.dialect.name))).scalar_one()
+        for destination, status, n, oldest in conn.execute(statement):
+            entry = result.setdefault(
+                destination, {"pending": 0, "dead": 0, "oldest_pending_age": None}
+            )
+            entry[status] = n
+            if status == Status.PENDING.value and oldest is not None:
+                # min() over a TypeDecorator column comes back raw on some dialects.
+                oldest = _aware(oldest)
+                entry["oldest_pending_age"] = max(0.0, (now - oldest).total_seconds())
+    return result
+
+
+def dead_reasons(engine: Engine) -> dict[str, dict[str, int]]:
+    """Dead rows by destination and reason (``HTTP 404``, ``timeout``, …)."""
+    statement = (
+        select(outbox.c.destination, outbox.c.last_status, outbox.c.last_error, func.count())
+        .where(outbox.c.status == Status.DEAD.value)
+        .group_by(outbox.c.destination, outbox.c.last_status, outbox.c.last_error)
+    )
+    result: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for destination, status, error, n in conn.execute(statement):
+            bucket = result.setdefault(destination, {})
+            reason = reason_of(status, error)
+            bucket[reason] = bucket.get(reason, 0) + n
+    return result
+
+
+def destinations_in_outbox(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(outbox.c.destination).distinct()).scalars())
+
+
+def _aware(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,398 @@
+"""The outbox: one row per (destination, event_id), the durable record of every event.
+
+Rows are claimed with a lease: claiming pushes ``next_attempt_at`` to the lease's end and sets
+a fresh ``lease_token``; every outcome is written with an update guarded by that token. A worker
+that dies mid-delivery leaves the row due again when the lease ends, and its late result cannot
+overwrite the outcome of the worker that claimed the row after it.
+
+Due times, lease ends and outcome times are all read on the database's clock
+(:func:`relay.schema.db_now`), never a worker's: a worker whose host clock runs ahead would
+otherwise see other workers' leases as ended and claim rows they are still sending.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, bindparam, func, insert, select, union_all, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from relay.destinations.outcome import truncate
+from relay.outbox.schema import PENDING, Status, attempts, db_now, outbox
+from relay.queue.wire import NewEvent
+from relay.worker import metrics
+
+ATTEMPT_DETAIL_LIMIT = 500
+"""Characters of a response or error kept per attempt in the history (the row keeps 2,000)."""
+
+
+Refused = tuple[NewEvent, str]
+"""An event the outbox database would not store, and the database's reason."""
+
+_DATA_ERRORS = (UnicodeError, ValueError, TypeError, OverflowError)
+
+
+def refused_for_data(exc: BaseException) -> str | None:
+    """Why the database refused a statement for the data it carried; None when the database
+    (or the connection to it) failed instead: that is worth waiting out, data is not.
+
+    The reason is the first line of the driver's message: it names the column or the encoding
+    problem, never the parameters (engines hide them).
+    """
+    cause: BaseException
+    if isinstance(exc, DataError | IntegrityError):
+        cause = exc.orig or exc
+    elif isinstance(exc, DBAPIError):
+        return None  # operational, interface, programming: the database, not the data
+    elif isinstance(exc, StatementError) and isinstance(exc.orig, _DATA_ERRORS):
+        cause = exc.orig or exc
+    elif isinstance(exc, _DATA_ERRORS):
+        cause = exc  # the driver could not even encode it (a lone surrogate)
+    else:
+        return None
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"the outbox database refused it: {type(cause).__name__}: {first}"[:300]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row this worker holds the lease on."""
+
+    id: int
+    destination: str
+    event_id: str
+    payload: dict[str, Any]
+    attempts: int
+    enqueued_at: datetime
+    lease_token: str
+    retried_at: datetime | None = None
+    lease_deadline: float = float("inf")
+    """``time.monotonic()`` when the lease ends (taken before the claim, so never late)."""
+    claimed_at: datetime | None = None
+    """The database's time of the claim: a "now" on the same clock as the row's times."""
+
+    @property
+    def age_from(self) -> datetime:
+        """Where the age limit counts from: the operator's last retry, else the enqueue."""
+        return self.retried_at or self.enqueued_at
+
+    def lease_left(self) -> float:
+        """Seconds of this claim's lease still ahead."""
+        return self.lease_deadline - time.monotonic()
+
+
+def utcnow() -> datetime:
+    """This host's wall clock: for an event's own times, never for due times or leases."""
+    return datetime.now(UTC)
+
+
+class Outbox:
+    """Reads and writes the outbox table through one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- drain side -----------------------------------------------------------------
+
+    def insert_storable(self, events: Sequence[NewEvent]) -> tuple[int, list[Refused]]:
+        """:meth:`insert` the events the database will store; hand back those it refuses.
+
+        A batch the database refuses for its data (a NUL in a PostgreSQL text column, text that
+        is not UTF-8, a value too long) is split in halves until each refused event stands
+        alone, so one poison item never holds up the rest of its batch. An outage still raises:
+        the batch stays in Redis and is inserted once the database is back.
+        """
+        try:
+            return self.insert(events), []
+        except Exception as exc:
+            reason = refused_for_data(exc)
+            if reason is None:
+                raise
+            if len(events) == 1:
+                return 0, [(events[0], reason)]
+        half = len(events) // 2
+        first, refused_first = self.insert_storable(events[:half])
+        second, refused_second = self.insert_storable(events[half:])
+        return first + second, refused_first + refused_second
+
+    def insert(self, events: Sequence[NewEvent]) -> int:
+        """Insert new events, skipping any (destination, event_id) already present.
+
+        Returns how many rows were inserted; the rest were duplicates. Commits, all or none.
+        """
+        if not events:
+            return 0
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for event in events:
+            rows.setdefault(
+                (event.destination, event.event_id),
+                {
+                    "destination": event.destination,
+                    "event_id": event.event_id,
+                    "payload": event.payload,
+                    "status": Status.PENDING.value,
+                    "attempts": 0,
+                    "enqueued_at": event.enqueued_at,
+                },
+            )
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        now = db_now(self.dialect)
+        statement = (
+            dialect_insert(outbox)
+            .values(next_attempt_at=now, created_at=now, updated_at=now)
+            .on_conflict_do_nothing(index_elements=["destination", "event_id"])
+            .returning(outbox.c.id, outbox.c.destination)
+        )
+        with self.engine.begin() as conn:
+            inserted = conn.execute(statement, list(rows.values())).all()
+        new = Counter(row.destination for row in inserted)
+        for destination, taken in Counter(event.destination for event in events).items():
+            metrics.drained(destination, new[destination], taken - new[destination])
+        return len(inserted)
+
+    # -- dispatch side --------------------------------------------------------------
+
+    def claim_due(
+        self, limit: int, lease_seconds: float, destinations: Collection[str]
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due rows of ``destinations``, oldest due first.
+
+        Counts the attempt now, at claim time, so an event whose delivery kills the worker
+        every time still runs out of attempts instead of looping forever.
+        """
+        if not destinations or limit <= 0:
+            return []
+        deadline = time.monotonic() + lease_seconds
+        now = db_now(self.dialect)
+        token = uuid.uuid4().hex
+        # The status and the limit inline, not as parameters: PostgreSQL may plan a statement
+        # psycopg prepared once for any values, and then needs the literal to use the partial
+        # index, and a known limit not to join its rows back with a full scan.
+        due = (
+            select(outbox.c.id)
+            .where(
+                PENDING,
+                outbox.c.next_attempt_at <= now,
+                outbox.c.destination.in_(list(destinations)),
+            )
+            .order_by(outbox.c.next_attempt_at)
+            .limit(bindparam("claim_limit", limit, literal_execute=True))
+        )
+        if self.dialect == "postgresql":
+            # Concurrent workers skip each other's rows instead of waiting on them.
+            due = due.with_for_update(skip_locked=True)
+        statement = (
+            update(outbox)
+            .where(outbox.c.id.in_(due.scalar_subquery()))
+            .values(
+                attempts=outbox.c.attempts + 1,
+                lease_token=token,
+                next_attempt_at=db_now(self.dialect, lease_seconds),
+                updated_at=now,
+            )
+            .returning(
+                outbox.c.id,
+                outbox.c.destination,
+                outbox.c.event_id,
+                outbox.c.payload,
+                outbox.c.attempts,
+                outbox.c.enqueued_at,
+                outbox.c.retried_at,
+                outbox.c.updated_at,
+            )
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(statement).all()
+        claims = [
+            Claim(
+                id=row.id,
+                destination=row.destination,
+                event_id=row.event_id,
+                payload=row.payload,
+                attempts=row.attempts,
+                enqueued_at=row.enqueued_at,
+                lease_token=token,
+                retried_at=row.retried_at,
+                lease_deadline=deadline,
+                claimed_at=row.updated_at,
+            )
+            for row in rows
+        ]
+        claims.sort(key=lambda claim: claim.id)
+        return claims
+
+    def mark_delivered(self, claim: Claim, status: int) -> bool:
+        return self._finish(
+            claim,
+            ("delivered", status, None),
+            status=Status.DELIVERED.value,
+            last_status=status,
+            last_error=None,
+            delivered_at=db_now(self.dialect),
+            lease_token=None,
+        )
+
+    def mark_dead(self, claim: Claim, status: int | None, detail: str) -> bool:
+        return self._finish(
+            claim,
+            ("dead", status, detail),
+            status=Status.DEAD.value,
+            last_status=status,
+            last_error=detail,
+            lease_token=None,
+        )
+
+    def schedule_retry(
+        self,
+        claim: Claim,
+        status: int | None,
+        detail: str,
+        delay: float,
+        *,
+        refund_attempt: bool = False,
+    ) -> bool:
+        """Leave the row pending, due again ``delay`` seconds from now (the database's now)."""
+        values: dict[str, Any] = {
+            "next_attempt_at": db_now(self.dialect, delay),
+            "last_status": status,
+            "last_error": detail,
+            "lease_token": None,
+        }
+        if refund_attempt:
+            values["attempts"] = outbox.c.attempts - 1
+        return self._finish(claim, ("retry", status, detail), **values)
+
+    def release(
+        self, claim: Claim, delay: float, *, refused: tuple[int | None, str] | None = None
+    ) -> bool:
+        """Give a claimed row back untouched (attempt refunded), due after ``delay`` seconds.
+
+        ``refused`` is the (status, detail) of a response that paused the destination: it is
+        kept as the row's last response and in the history; rows given back unsent record
+        nothing.
+        """
+        values: dict[str, Any] = {
+            "attempts": outbox.c.attempts - 1,
+            "next_attempt_at": db_now(self.dialect, delay),
+            "lease_token": None,
+        }
+        if refused is None:
+            return self._finish(claim, None, **values)
+        status, detail = refused
+        values.update(last_status=status, last_error=detail)
+        return self._finish(claim, ("pause", status, detail), **values)
+
+    def _finish(
+        self, claim: Claim, attempt: tuple[str, int | None, str | None] | None, **values: Any
+    ) -> bool:
+        """Apply ``values`` only if this claim still holds the lease; say whether it did.
+
+        ``attempt`` (verdict, HTTP status, detail) goes into the attempt history in the same
+        transaction, so the history never shows an outcome the row does not have; it is timed
+        with the row's ``updated_at``, on the database's clock.
+        """
+        statement = (
+            update(outbox)
+            .where(
+                outbox.c.id == claim.id,
+                outbox.c.lease_token == claim.lease_token,
+                outbox.c.status == Status.PENDING.value,
+            )
+            .values(updated_at=db_now(self.dialect), **values)
+            .returning(outbox.c.updated_at)
+        )
+        with self.engine.begin() as conn:
+            now = conn.execute(statement).scalar()
+            if now is None:
+                return False
+            if attempt is not None:
+                verdict, status, detail = attempt
+                conn.execute(
+                    insert(attempts).values(
+                        outbox_id=claim.id,
+                        attempt=claim.attempts,
+                        at=now,
+                        status=status,
+                        verdict=verdict,
+                        detail=truncate(detail, ATTEMPT_DETAIL_LIMIT) if detail else None,
+                    )
+                )
+        if attempt is not None:
+            latency = (now - claim.enqueued_at).total_seconds()
+            metrics.outcome(attempt[0], claim.destination, attempt[1], latency)
+        return True
+
+    # -- reading --------------------------------------------------------------------
+
+    def next_due_at(self, destinations: Collection[str]) -> datetime | None:
+        """When the earliest pending row of ``destinations`` becomes due, if any is pending
+        (on the database's clock: compare it with the database's now, or use
+        :meth:`seconds_until_due`)."""
+        if not destinations:
+            return None
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.execute(self._earliest_due(destinations)).scalar()
+        return value
+
+    def seconds_until_due(self, destinations: Collection[str]) -> float | None:
+        """Seconds until the earliest pending row of ``destinations`` is due, on the database's
+        clock (negative when it is overdue); None when none is pending."""
+        if not destinations:
+            return None
+        statement = self._earliest_due(destinations).add_columns(db_now(self.dialect))
+        with self.engine.connect() as conn:
+            due, now = conn.execute(statement).one()
+        return None if due is None else (due - now).total_seconds()
+
+    def _earliest_due(self, destinations: Collection[str]) -> Select[datetime | None]:
+        # One min() per destination reads one index entry each; a min() over an IN list reads
+        # every pending row of those destinations (all of a 300k backlog, 33 ms).
+        earliest = union_all(
+            *(
+                select(func.min(outbox.c.next_attempt_at).label("due")).where(
+                    PENDING, outbox.c.destination == name
+                )
+                for name in destinations
+            )
+        ).subquery()
+        return select(func.min(earliest.c.due))
+
+    def pending(self) -> int:
+        """How many rows are pending (the partial index of pending rows, not the history)."""
+        statement = select(func.count()).select_from(outbox).where(PENDING)
+        with self.engine.connect() as conn:
+            return int(conn.execute(statement).scalar_one())
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Row counts by destination and status."""
+        statement = select(outbox.c.destination, outbox.c.status, func.count()).group_by(
+            outbox.c.destination, outbox.c.status
+        )
+        result: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for destination, status, count in conn.execute(statement):
+                result.setdefault(destination, {})[status] = count
+        return result
+
+    def dead_reasons(self) -> dict[str, dict[str, int]]:
+        """Dead rows by destination and reason (HTTP status, or the error's first word)."""
+        statement = (
+            select(outbox.c.destination, outbox.c.last_status, outbox.c.last_error, func.count())
+            .where(outbox.c.status == Status.DEAD.value)
+            .group_by(outbox.c.destination, outbox.c.last_status, outbox.c.last_error)
+        )
+        result: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for destination, status, error, count in conn.execute(statement):
+                reason = f"HTTP {status}" if status else (error or "unknown").split(":")[0]
+                bucket = result.setdefault(destination, {})
+                bucket[reason] = bucket.get(reason, 0) + count
+        return result

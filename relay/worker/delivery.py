@@ -1,0 +1,491 @@
+"""The delivery engine: claim due outbox rows, POST each, record what the response meant.
+
+No database transaction is open while a request is in flight: claiming commits a lease, the
+POST happens, and the outcome is written with an update guarded by the lease token.
+
+Rate limits come first: each round reserves send slots for a destination (at most
+``reserve_ahead`` seconds ahead) and claims only as many rows as it got slots, so a row is
+never held much longer than its slot is away, and a destination with a large backlog cannot
+hold up another one: each has its own bucket and its own claims, in a rotating order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from relay.destinations import Destination
+from relay.destinations.outcome import Outcome, Verdict, truncate
+from relay.errors import LimiterUnavailable
+from relay.limiter.base import Limiter, SlotMissed, Ticket
+from relay.outbox.store import Claim, Outbox, refused_for_data, utcnow
+from relay.worker import failpoints, metrics
+from relay.worker.pauses import Pauses
+from relay.worker.retry import RetryPolicy
+from relay.worker.transport import BODY_LIMIT, deadline, read_body
+
+log = logging.getLogger("relay.delivery")
+
+
+@dataclass
+class DispatchReport:
+    """What one dispatch round did."""
+
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    paused: set[str] = field(default_factory=set)
+    lost_leases: int = 0
+    held: int = 0
+    """Claimed rows given back unsent: a 429 paused their scope, or the limiter was down."""
+    limited: dict[str, float] = field(default_factory=dict)
+    """Destinations that got no send slot → seconds until a reservation could get one."""
+
+    def add(self, other: DispatchReport) -> None:
+        self.claimed += other.claimed
+        self.delivered += other.delivered
+        self.retried += other.retried
+        self.dead += other.dead
+        self.paused |= other.paused
+        self.lost_leases += other.lost_leases
+        self.held += other.held
+        self.limited = dict(other.limited)
+
+
+def encode_body(payload: Mapping[str, Any]) -> bytes:
+    """The request body: the same bytes on every attempt of an event."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+MAX_SLOT_TRIES = 5
+"""Fresh slots a request may take when it could not be written in time for the last one."""
+
+UNSTORABLE = "the API's answer could not be stored (see the worker's log)"
+"""An outcome's detail when the database refused the answer itself."""
+
+
+class Dispatcher:
+    """Delivers due outbox rows to their destinations."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        destinations: Mapping[str, Destination],
+        http: httpx.Client,
+        pauses: Pauses,
+        limiter: Limiter,
+        policies: Mapping[str, RetryPolicy],
+        *,
+        lease_seconds: float = 60.0,
+        concurrency: int = 4,
+        reserve_ahead: float = 1.0,
+        send_seconds: float = 13.0,
+        record_patience: float = 30.0,
+    ) -> None:
+        self.outbox = outbox
+        self.destinations = destinations
+        self.http = http
+        self.pauses = pauses
+        self.limiter = limiter
+        self.policies = policies
+        """Each destination's retry policy."""
+        self.lease_seconds = lease_seconds
+        self.concurrency = concurrency
+        # Far below the lease: a claimed row goes out long before its lease could end.
+        self.reserve_ahead = min(reserve_ahead, lease_seconds / 4)
+        # The longest one request can take (connect + read timeouts): a row is sent only while
+        # at least this much of its lease is left, so its lease cannot end mid-request.
+        self.send_seconds = send_seconds
+        # How long an outcome whose write failed (the database restarting) is held and
+        # retried; meanwhile the round sends nothing more.
+        self.record_patience = record_patience
+        # A request's total deadline ends this long before its lease does: time to write the
+        # outcome while no other worker can claim the row.
+        self.lease_margin = min(2.0, lease_seconds / 10)
+        self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+        self._want: dict[str, int] = {}
+        self._turn = 0
+
+    def active_destinations(self) -> tuple[list[str], list[str]]:
+        """(destinations to send to normally, paused ones that may get one probe now)."""
+        paused = self.pauses.all()
+        active = [name for name in self.destinations if name not in paused]
+        probes = [
+            name
+            for name, record in paused.items()
+            if name in self.destinations and self.pauses.take_probe(name, record)
+        ]
+        return active, probes
+
+    def dispatch_due(self, limit: int) -> DispatchReport:
+        """Claim and deliver up to ``limit`` due rows per destination; return what happened."""
+        report = DispatchReport()
+        active, probes = self.active_destinations()
+        self._turn += 1
+        if active:
+            turn = self._turn % len(active)
+            active = active[turn:] + active[:turn]
+        work: list[tuple[Claim, bool, Ticket]] = []
+        try:
+            for name in probes:
+                work += self._plan(name, 1, limit, report, probe=True)
+            for name in active:
+                work += self._plan(name, self._want.get(name, limit), limit, report)
+        except LimiterUnavailable:
+            # Fail closed: what this round claimed goes back unsent, its attempt refunded.
+            for claim, _, _ in work:
+                self.outbox.release(claim, 1.0)
+            raise
+        work.sort(key=lambda item: item[2].at)
+        report.claimed = len(work)
+        round_ = Round()
+        if self._pool is None or len(work) <= 1:
+            results = [round_.run(self.deliver, *item) for item in work]
+        else:
+            results = list(self._pool.map(lambda item: round_.run(self.deliver, *item), work))
+        if round_.failure is not None:
+            # The outbox (or Redis) failed for good: the worker backs off; unsent rows wait
+            # out their leases, outcomes not written are resent then.
+            raise round_.failure
+        for (claim, _, _), (outcome, recorded) in zip(work, results, strict=True):
+            if outcome is None:
+                report.held += 1
+            elif not recorded:
+                report.lost_leases += 1
+            elif outcome.verdict is Verdict.DELIVERED:
+                report.delivered += 1
+            elif outcome.verdict is Verdict.DEAD:
+                report.dead += 1
+            elif outcome.verdict is Verdict.PAUSE:
+                report.paused.add(claim.destination)
+            else:
+                report.retried += 1
+        return report
+
+    def _plan(
+        self, name: str, want: int, limit: int, report: DispatchReport, *, probe: bool = False
+    ) -> list[tuple[Claim, bool, Ticket]]:
+        """Reserve up to ``want`` send slots for ``name``, then claim as many due rows."""
+        scopes = self.destinations[name].limit_scopes()
+        grant = self.limiter.reserve(scopes, want, self.reserve_ahead)
+        if not grant.tickets:
+            report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
+            return []
+        claimed = self.outbox.claim_due(len(grant.tickets), self.lease_seconds, [name])
+        claims = [claim for claim in claimed if not self._gave_up(claim, report)]
+        unused = len(grant.tickets) - len(claims)
+        if unused:
+            try:
+                self.limiter.refund(grant, unused)
+            except LimiterUnavailable:
+                for claim in claims:
+                    self.outbox.release(claim, 1.0)
+                raise
+        if not probe:
+            # Ask for what the backlog filled last time: an idle destination reserves one slot
+            # a round, a busy one a whole batch.
+            self._want[name] = max(1, 2 * len(claims)) if unused else limit
+        tickets = grant.tickets[: len(claims)]
+        return [(claim, probe, ticket) for claim, ticket in zip(claims, tickets, strict=True)]
+
+    def _gave_up(self, claim: Claim, report: DispatchReport) -> bool:
+        """Mark a claim dead, unsent, if its earlier attempts used up every one allowed.
+
+        Attempts are counted when a row is claimed, so a row whose every delivery stopped the
+        worker mid-request (killed, out of memory) still runs out instead of looping forever.
+        """
+        policy = self.policies[claim.destination]
+        if claim.attempts <= policy.max_attempts:
+            return False
+        reason = (
+            f"gave up after {claim.attempts - 1} attempts "
+            f"({policy.attempts_setting}={policy.max_attempts}); the last ones never finished: "
+            "the worker stopped while sending (see its logs)"
+        )
+        if self.outbox.mark_dead(claim, None, reason):
+            report.dead += 1
+            log.error(
+                "dead event_id=%s destination=%s: %s", claim.event_id, claim.destination, reason
+            )
+        return True
+
+    def deliver(
+        self,
+        claim: Claim,
+        probe: bool = False,
+        ticket: Ticket | None = None,
+        *,
+        round_: Round | None = None,
+    ) -> tuple[Outcome | None, bool]:
+        """Send one claimed event and record the outcome; (outcome, whether it was recorded).
+
+        ``probe`` marks the single event sent to a paused destination to test its key.
+        ``ticket`` is its reserved send slot (None: wait for one here). The outcome is None when
+        the row went back unsent: a 429 paused its scope, or the limiter's Redis is down.
+        """
+        destination = self.destinations[claim.destination]
+        round_ = round_ or Round()
+        for _ in range(MAX_SLOT_TRIES):
+            gate: Callable[[], None] | None = None
+            try:
+                if ticket is None:
+                    self.limiter.acquire(destination.limit_scopes())
+                else:
+                    waited = time.monotonic()
+                    clearance = self.limiter.wait(ticket)
+                    if not clearance.go:
+                        return None, self.outbox.release(claim, clearance.paused_for)
+                    metrics.limiter_waited(claim.destination, time.monotonic() - waited)
+                    gate = self._slot_gate(claim, clearance.slot)
+            except LimiterUnavailable:
+                return None, self.outbox.release(claim, 1.0)
+            if claim.destination in round_.stopped:
+                # The API refused this round's key (or the URL is wrong): nothing more goes
+                # out with it; the row goes back unsent, its attempt refunded.
+                return None, self.outbox.release(claim, self.pauses.probe_seconds)
+            if claim.lease_left() < self.send_seconds:
+                # A slow round: this row's lease could end mid-request and let another worker
+                # send it too. It goes back unsent, due at once, its attempt refunded.
+                log.debug("lease of event_id=%s too short to send; released", claim.event_id)
+                return None, self.outbox.release(claim, 0.0)
+            try:
+                outcome = self.send(destination, claim, before_write=gate)
+            except SlotMissed:
+                continue  # nothing was written: wait for a fresh slot (the old one is stale)
+            break
+        else:
+            # This process cannot keep its slots (starved of CPU?): the row goes back.
+            return None, self.outbox.release(claim, 1.0)
+        if outcome.verdict is Verdict.PAUSE:
+            round_.stopped.add(claim.destination)
+        if outcome.throttled:
+            outcome = self._throttled(destination, outcome)
+        outcome = self.settle(claim, outcome)
+        failpoints.hit("dispatch.after_send")
+        return outcome, self._persist(claim, outcome, probe, round_)
+
+    def _persist(self, claim: Claim, outcome: Outcome, probe: bool, round_: Round) -> bool:
+        """``record`` the outcome; while the outbox fails, hold it and try again.
+
+        The request has been answered: losing its outcome means sending the event again
+        later (a double count at DataLook), so the write is worth waiting for.
+        """
+        # Holding ends before the lease does: once it ends, another worker may claim the row
+        # and send the event again while this outcome still waits to be written.
+        give_up = min(
+            time.monotonic() + self.record_patience, claim.lease_deadline - self.lease_margin / 2
+        )
+        pause = 0.2
+        while True:
+            try:
+                recorded = self.record(claim, outcome, probe=probe)
+            except Exception as exc:
+                refusal = refused_for_data(exc)
+                if refusal is not None and outcome.detail != UNSTORABLE:
+                    # The database is up: it refused what the answer holds. Waiting cannot
+                    # help; record the outcome without the answer, at once.
+                    log.error(
+                        "the outcome of event_id=%s could not be stored as it is (%s); "
+                        "recording it without the API's answer",
+                        claim.event_id,
+                        refusal,
+                    )
+                    outcome = replace(outcome, detail=UNSTORABLE)
+                    continue
+                if not isinstance(exc, SQLAlchemyError):
+                    raise  # a bug, not the database: the round logs it with its traceback
+                round_.trouble.set()
+                if time.monotonic() + pause > give_up:
+                    log.error(
+                        "could not record the outcome of event_id=%s for %.0fs (%s): it will be "
+                        "sent again when its lease ends",
+                        claim.event_id,
+                        self.record_patience,
+                        type(exc).__name__,
+                    )
+                    raise
+                log.warning(
+                    "recording the outcome of event_id=%s failed (%s); trying again in %.1fs",
+                    claim.event_id,
+                    type(exc).__name__,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
+                continue
+            round_.trouble.clear()
+            return recorded
+
+    def _throttled(self, destination: Destination, outcome: Outcome) -> Outcome:
+        """A 429 means the budget was wrong: pause the scope for every worker, slow it down."""
+        try:
+            pause = self.limiter.throttle(destination.limit_scopes(), outcome.retry_after)
+        except LimiterUnavailable:
+            return outcome
+        # The event waits as long as its scope does: the pause is Retry-After, capped.
+        return replace(outcome, retry_after=pause) if pause > 0 else outcome
+
+    def _slot_gate(self, claim: Claim, slot: float) -> Callable[[], None]:
+        """What runs right before the request's first byte: a request later than its slot
+        allows (a slow Redis check, a busy pool, a new connection) is called off unsent."""
+
+        def gate() -> None:
+            now = time.monotonic()
+            late = now - slot
+            if late > self.limiter.late_margin:
+                raise SlotMissed(f"{late:.3f}s after its slot")
+            self.limiter.written(late)
+            log.debug("send event_id=%s slot=%.6f at=%.6f", claim.event_id, slot, now)
+
+        return gate
+
+    def send(
+        self,
+        destination: Destination,
+        claim: Claim,
+        *,
+        before_write: Callable[[], None] | None = None,
+    ) -> Outcome:
+        """POST the event within one total deadline; translate transport errors into retry
+        outcomes.
+
+        The deadline is the longest a request may take (connect + read timeout), and never
+        later than the claim's lease minus a margin: by then the request is over, answered or
+        its connection dropped, so no other worker can send the event while it is in flight.
+        """
+        budget = min(self.send_seconds, claim.lease_left() - self.lease_margin)
+        try:
+            request = destination.build_request(encode_body(claim.payload))
+            with (
+                deadline(budget, before_write=before_write),
+                self.http.stream(
+                    request.method, request.url, headers=request.headers, content=request.body
+                ) as response,
+            ):
+                body = read_body(response, BODY_LIMIT)
+            return destination.classify(response.status_code, response.headers, body)
+        except SlotMissed:
+            raise
+        except httpx.TimeoutException as exc:
+            return Outcome.retry(None, f"timeout: {type(exc).__name__} ({budget:.1f}s deadline)")
+        except httpx.TransportError as exc:
+            detail = f"connection error: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # anything else must not lose the round
+            # A protocol error, an undecodable body, a bug: logged in full, retried, and dead
+            # with this detail once the attempts run out.
+            log.exception("sending event_id=%s failed unexpectedly", claim.event_id)
+            detail = f"unexpected error: {type(exc).__name__}: {exc}"
+        return Outcome.retry(None, destination.redact(detail))
+
+    def record(self, claim: Claim, outcome: Outcome, *, probe: bool = False) -> bool:
+        """Write ``outcome`` for ``claim`` if its lease still holds; log one line."""
+        where = f"event_id={claim.event_id} destination={claim.destination}"
+        status = outcome.status
+        if outcome.verdict is Verdict.DELIVERED:
+            assert status is not None
+            recorded = self.outbox.mark_delivered(claim, status)
+            if probe:
+                # Only the relay's own pause: one an operator set meanwhile stays.
+                self.pauses.resume(claim.destination, only_by="relay")
+            log.info("delivered %s status=%s attempt=%d", where, status, claim.attempts)
+        elif outcome.verdict is Verdict.DEAD:
+            recorded = self.outbox.mark_dead(claim, status, outcome.detail)
+            log.error("dead %s status=%s: %s", where, status, truncate(outcome.detail, 200))
+        elif outcome.verdict is Verdict.PAUSE:
+            reason = outcome.reason or f"HTTP {status}: the API refused the key"
+            self.pauses.pause(claim.destination, reason, status, probe=probe)
+            recorded = self.outbox.release(
+                claim, self.pauses.probe_seconds, refused=(status, outcome.detail)
+            )
+            log.error("paused %s status=%s: %s; fix it, then resume", where, status, reason)
+        else:
+            recorded = self._retry(claim, outcome, where)
+        if not recorded:
+            log.warning("lease lost for %s: a newer claim owns the row; result dropped", where)
+        return recorded
+
+    def _retry(self, claim: Claim, outcome: Outcome, where: str) -> bool:
+        policy = self.policies[claim.destination]
+        delay = policy.delay(self._attempts_used(claim, outcome), outcome.retry_after)
+        log.warning(
+            "retry %s status=%s in %.1fs: %s",
+            where,
+            outcome.status,
+            delay,
+            truncate(outcome.detail, 200),
+        )
+        return self.outbox.schedule_retry(
+            claim, outcome.status, outcome.detail, delay, refund_attempt=outcome.throttled
+        )
+
+    def settle(self, claim: Claim, outcome: Outcome) -> Outcome:
+        """A retry the policy no longer allows becomes dead, with the reason and last error."""
+        if outcome.verdict is not Verdict.RETRY:
+            return outcome
+        reason = self.policies[claim.destination].exhausted(
+            # The database's time of the claim: this worker's clock may be off.
+            self._attempts_used(claim, outcome),
+            claim.age_from,
+            claim.claimed_at or utcnow(),
+        )
+        if reason is None:
+            return outcome
+        return Outcome.dead(outcome.status, f"{reason}; last: {outcome.detail}")
+
+    @staticmethod
+    def _attempts_used(claim: Claim, outcome: Outcome) -> int:
+        # A 429 means the budget was wrong, not the event: it does not use up an attempt.
+        return claim.attempts - 1 if outcome.throttled else claim.attempts
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class Round:
+    """What the sends of one dispatch round share.
+
+    When writing an outcome fails (the database restarting), the outcome is held and written
+    again with backoff for up to ``record_patience`` seconds; meanwhile no other row of the
+    round is sent, so an outage loses at most the outcomes of the requests already in flight.
+    """
+
+    def __init__(self) -> None:
+        self.trouble = threading.Event()
+        self.stopped: set[str] = set()
+        """Destinations whose key (or URL) an answer in this round refused: no more sends."""
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def run(
+        self,
+        deliver: Callable[..., tuple[Outcome | None, bool]],
+        claim: Claim,
+        probe: bool,
+        ticket: Ticket,
+    ) -> tuple[Outcome | None, bool]:
+        """``deliver`` one claim unless the round is in trouble; never raises."""
+        if self.trouble.is_set():
+            return None, False  # held: its lease runs out, then it is claimed again
+        try:
+            return deliver(claim, probe, ticket, round_=self)
+        except (SQLAlchemyError, redis.RedisError, LimiterUnavailable) as exc:
+            self.trouble.set()
+            with self._lock:
+                self.failure = self.failure or exc
+        except Exception:
+            # A bug with this one row: the others go on. The row is held until its lease ends;
+            # every claim counts an attempt, so it ends dead instead of looping.
+            log.exception("delivering event_id=%s failed unexpectedly", claim.event_id)
+        return None, False
