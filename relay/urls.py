@@ -60,6 +60,16 @@ def scrub(text: str, *urls: str) -> str:
     return text
 
 
+def describe_error(exc: BaseException, *urls: str, limit: int | None = 300) -> str:
+    """``ErrorClass: first line`` of ``exc`` (its driver's error, for a SQLAlchemy one) without
+    any credential of ``urls``, cut to ``limit`` characters (None: not cut, for a caller that
+    masks more before cutting: a secret cut in half would no longer be found)."""
+    cause: BaseException = getattr(exc, "orig", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    described = f"{type(cause).__name__}: {scrub(first, *urls)}"
+    return described if limit is None else described[:limit]
+
+
 def _is_credential(name: str) -> bool:
     return _CREDENTIAL_NAME.search(unquote_plus(name)) is not None
 

@@ -24,11 +24,10 @@ from relay.enqueue import Enqueuer
 from relay.errors import ConfigError, RelayUnavailable
 from relay.keys import Keys
 from relay.ops.admin import Admin
-from relay.outbox.engine import describe_error, safe_url
 from relay.queue.consumer import Queue
 from relay.settings import Settings, load_settings
+from relay.urls import describe_error, safe_url, scrub
 from relay.urls import safe_url as light_safe_url
-from relay.urls import scrub
 from tests.conftest import DATALOOK_KEY, ROOT, SECRETS, SERVOKI_KEY, relay_env
 
 # A DataLook key whose secret holds an underscore: dl_live_<key_id>_<secret>.

@@ -23,9 +23,9 @@ def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the outbox table to the newest schema."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from relay.outbox.engine import describe_error, make_engine
+    from relay.outbox.engine import make_engine
     from relay.outbox.migrate import upgrade
-    from relay.urls import safe_url
+    from relay.urls import describe_error, safe_url
 
     settings = settings_from(ctx)
     url = settings.resolved_database_url

@@ -12,10 +12,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-# safe_url lives with the other URL rules (enqueue() needs it without SQLAlchemy).
-from relay.urls import safe_url as safe_url
-from relay.urls import scrub
-
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 """The relay's own files hold event payloads: readable by their owner only."""
@@ -121,10 +117,3 @@ def _sqlite_transactions(engine: Engine, busy_ms: int) -> None:
         # A deferred transaction that later writes can fail at once with "database is locked"
         # (the busy handler is skipped on lock upgrade); take the write lock up front instead.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def describe_error(exc: BaseException, url: str) -> str:
-    """``ErrorClass: first line`` of a database error, without ``url``'s credentials."""
-    cause: BaseException = getattr(exc, "orig", None) or exc
-    first = (str(cause).strip().splitlines() or [""])[0]
-    return f"{type(cause).__name__}: {scrub(first, url)}"[:300]

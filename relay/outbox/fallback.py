@@ -22,12 +22,13 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from relay.errors import RelayUnavailable
-from relay.outbox.engine import describe_error, make_engine, safe_url
-from relay.outbox.migrate import is_current
+from relay.errors import ConfigError, RelayUnavailable
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import ensure_current
 from relay.outbox.store import Outbox
 from relay.queue.wire import parse_items
 from relay.settings import Settings
+from relay.urls import describe_error, safe_url
 
 log = logging.getLogger("relay.enqueue")
 
@@ -121,18 +122,15 @@ class OutboxWriter:
 
     def _check_schema(self, engine: Engine, after: SQLAlchemyError | None = None) -> None:
         try:
-            current = is_current(engine)
+            ensure_current(engine, self.url, migrate=False)
         except SQLAlchemyError as exc:
             if after is not None:
                 return  # the database itself fails: the caller reports the first error
             raise RelayUnavailable(
                 f"{self.where} failed too ({describe_error(exc, self.url)}); {NOTHING_WRITTEN}"
             ) from exc
-        if not current:
-            raise RelayUnavailable(
-                f"{self.where} is not at the current schema, so {NOTHING_WRITTEN}: run "
-                "`relay db upgrade` with the relay's settings"
-            ) from after
+        except ConfigError as exc:
+            raise RelayUnavailable(f"{exc}; {NOTHING_WRITTEN}") from after
         self._schema_ok = True
 
     def _sqlite_file_replaced(self) -> bool:

@@ -45,6 +45,8 @@ class Filters:
     destination: str | None = None
     since: datetime | None = None
     reason: str | None = None
+    event_id_prefix: str | None = None
+    """Only events whose id starts with this (``relay demo``'s run)."""
 
     def clauses(self) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = []
@@ -56,6 +58,8 @@ class Filters:
             where.append(outbox.c.updated_at >= self.since)
         if self.reason:
             where.append(reason_clause(self.reason))
+        if self.event_id_prefix:
+            where.append(outbox.c.event_id.startswith(self.event_id_prefix, autoescape=True))
         return where
 
 
@@ -68,27 +72,68 @@ def reason_clause(reason: str) -> ColumnElement[bool]:
     return func.lower(outbox.c.last_error).contains(text.lower(), autoescape=True)
 
 
-def row_dict(row: Any) -> dict[str, Any]:
-    """One outbox row as operators see it (timestamps as ISO 8601 strings)."""
-    return {
-        "event_id": row.event_id,
-        "destination": row.destination,
-        "status": row.status,
-        "attempts": row.attempts,
-        "last_status": row.last_status,
-        "last_error": row.last_error,
-        "reason": reason_of(row.last_status, row.last_error)
-        if row.status == Status.DEAD.value
-        else None,
-        "created_at": _iso(row.created_at),
-        "enqueued_at": _iso(row.enqueued_at),
-        "retried_at": _iso(row.retried_at),
-        "updated_at": _iso(row.updated_at),
-        "next_attempt_at": _iso(row.next_attempt_at)
-        if row.status == Status.PENDING.value
-        else None,
-        "delivered_at": _iso(row.delivered_at),
-    }
+@dataclass(frozen=True)
+class OutboxRow:
+    """One outbox row as operators see it (times as ISO 8601 strings); the fields in the order
+    ``--json`` shows them."""
+
+    event_id: str
+    destination: str
+    status: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    reason: str | None
+    """Why a dead row died (:func:`reason_of`); None for other rows."""
+    created_at: str | None
+    enqueued_at: str | None
+    retried_at: str | None
+    updated_at: str | None
+    next_attempt_at: str | None
+    """When a pending row is due; None for other rows."""
+    delivered_at: str | None
+
+    @classmethod
+    def of(cls, row: Any) -> OutboxRow:
+        """The operator's view of a selected row (the listed columns)."""
+        dead = row.status == Status.DEAD.value
+        return cls(
+            event_id=row.event_id,
+            destination=row.destination,
+            status=row.status,
+            attempts=row.attempts,
+            last_status=row.last_status,
+            last_error=row.last_error,
+            reason=reason_of(row.last_status, row.last_error) if dead else None,
+            created_at=_iso(row.created_at),
+            enqueued_at=_iso(row.enqueued_at),
+            retried_at=_iso(row.retried_at),
+            updated_at=_iso(row.updated_at),
+            next_attempt_at=_iso(row.next_attempt_at)
+            if row.status == Status.PENDING.value
+            else None,
+            delivered_at=_iso(row.delivered_at),
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One recorded attempt of a row."""
+
+    attempt: int
+    at: str | None
+    status: int | None
+    verdict: str
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """One destination's pending and dead rows, and the age of its oldest pending event."""
+
+    pending: int = 0
+    dead: int = 0
+    oldest_pending_age: float | None = None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -112,7 +157,7 @@ _LISTED = (
 )
 
 
-def list_rows(engine: Engine, filters: Filters, limit: int | None) -> list[dict[str, Any]]:
+def list_rows(engine: Engine, filters: Filters, limit: int | None) -> list[OutboxRow]:
     """Rows matching ``filters``, most recently changed first."""
     statement = (
         select(*_LISTED)
@@ -122,7 +167,7 @@ def list_rows(engine: Engine, filters: Filters, limit: int | None) -> list[dict[
     if limit:
         statement = statement.limit(limit)
     with engine.connect() as conn:
-        return [row_dict(row) for row in conn.execute(statement)]
+        return [OutboxRow.of(row) for row in conn.execute(statement)]
 
 
 def find_rows(engine: Engine, event_ids: Iterable[str], destination: str | None) -> list[Any]:
@@ -140,7 +185,7 @@ def find_rows(engine: Engine, event_ids: Iterable[str], destination: str | None)
     return found
 
 
-def attempt_history(engine: Engine, outbox_id: int) -> list[dict[str, Any]]:
+def attempt_history(engine: Engine, outbox_id: int) -> list[Attempt]:
     """Every recorded attempt of one row, oldest first."""
     statement = (
         select(attempts.c.attempt, attempts.c.at, attempts.c.status, attempts.c.verdict)
@@ -150,13 +195,7 @@ def attempt_history(engine: Engine, outbox_id: int) -> list[dict[str, Any]]:
     )
     with engine.connect() as conn:
         return [
-            {
-                "attempt": row.attempt,
-                "at": _iso(row.at),
-                "status": row.status,
-                "verdict": row.verdict,
-                "detail": row.detail,
-            }
+            Attempt(row.attempt, _iso(row.at), row.status, row.verdict, row.detail)
             for row in conn.execute(statement)
         ]
 
@@ -332,7 +371,7 @@ def count_prunable(engine: Engine, older_than: float) -> int:
 # -- summaries --------------------------------------------------------------------------
 
 
-def backlog(engine: Engine) -> dict[str, dict[str, Any]]:
+def backlog(engine: Engine) -> dict[str, Backlog]:
     """Per destination: pending and dead rows, and the age of the oldest pending event.
 
     Reads only pending and dead rows (the status index), never the delivered history. Ages
@@ -348,26 +387,46 @@ def backlog(engine: Engine) -> dict[str, dict[str, Any]]:
         .where(or_(outbox.c.status == Status.PENDING.value, outbox.c.status == Status.DEAD.value))
         .group_by(outbox.c.destination, outbox.c.status)
     )
-    result: dict[str, dict[str, Any]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    ages: dict[str, float] = {}
     with engine.connect() as conn:
         now = conn.execute(select(db_now(engine.dialect.name))).scalar_one()
         for destination, status, n, oldest in conn.execute(statement):
-            entry = result.setdefault(
-                destination, {"pending": 0, "dead": 0, "oldest_pending_age": None}
-            )
-            entry[status] = n
+            counts.setdefault(destination, {})[status] = n
             if status == Status.PENDING.value and oldest is not None:
                 # min() over a TypeDecorator column comes back raw on some dialects.
-                oldest = _aware(oldest)
-                entry["oldest_pending_age"] = max(0.0, (now - oldest).total_seconds())
+                age = (now - _aware(oldest)).total_seconds()
+                ages[destination] = max(0.0, age)
+    return {
+        name: Backlog(
+            pending=by_status.get(Status.PENDING.value, 0),
+            dead=by_status.get(Status.DEAD.value, 0),
+            oldest_pending_age=ages.get(name),
+        )
+        for name, by_status in counts.items()
+    }
+
+
+def status_counts(engine: Engine, filters: Filters | None = None) -> dict[str, dict[str, int]]:
+    """Rows by destination and status (those matching ``filters``)."""
+    statement = (
+        select(outbox.c.destination, outbox.c.status, func.count())
+        .where(*(filters or Filters()).clauses())
+        .group_by(outbox.c.destination, outbox.c.status)
+    )
+    result: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for destination, status, n in conn.execute(statement):
+            result.setdefault(destination, {})[status] = n
     return result
 
 
-def dead_reasons(engine: Engine) -> dict[str, dict[str, int]]:
-    """Dead rows by destination and reason (``HTTP 404``, ``timeout``, …)."""
+def dead_reasons(engine: Engine, filters: Filters | None = None) -> dict[str, dict[str, int]]:
+    """Dead rows (those matching ``filters``) by destination and reason (:func:`reason_of`:
+    ``HTTP 404``, ``timeout``, …): what ``relay status`` and ``relay demo`` show."""
     statement = (
         select(outbox.c.destination, outbox.c.last_status, outbox.c.last_error, func.count())
-        .where(outbox.c.status == Status.DEAD.value)
+        .where(outbox.c.status == Status.DEAD.value, *(filters or Filters()).clauses())
         .group_by(outbox.c.destination, outbox.c.last_status, outbox.c.last_error)
     )
     result: dict[str, dict[str, int]] = {}

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,9 +25,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from relay.destinations.outcome import truncate
+from relay.outbox.queries import status_counts
 from relay.outbox.schema import PENDING, Status, attempts, db_now, outbox
 from relay.queue.wire import NewEvent
-from relay.worker import metrics
 
 ATTEMPT_DETAIL_LIMIT = 500
 """Characters of a response or error kept per attempt in the history (the row keeps 2,000)."""
@@ -59,6 +59,20 @@ def refused_for_data(exc: BaseException) -> str | None:
         return None
     first = (str(cause).strip().splitlines() or [""])[0]
     return f"the outbox database refused it: {type(cause).__name__}: {first}"[:300]
+
+
+@dataclass
+class Inserted:
+    """What inserts took in, by destination: rows new to the outbox, and the duplicates skipped
+    (already in the outbox, or twice in one batch). The worker counts them in its metrics."""
+
+    new: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        """Rows inserted, all destinations together."""
+        return sum(self.new.values())
 
 
 @dataclass(frozen=True)
@@ -102,31 +116,35 @@ class Outbox:
 
     # -- drain side -----------------------------------------------------------------
 
-    def insert_storable(self, events: Sequence[NewEvent]) -> tuple[int, list[Refused]]:
+    def insert_storable(self, events: Sequence[NewEvent], counts: Inserted) -> list[Refused]:
         """:meth:`insert` the events the database will store; hand back those it refuses.
 
         A batch the database refuses for its data (a NUL in a PostgreSQL text column, text that
         is not UTF-8, a value too long) is split in halves until each refused event stands
         alone, so one poison item never holds up the rest of its batch. An outage still raises:
-        the batch stays in Redis and is inserted once the database is back.
+        the batch stays in Redis and is inserted once the database is back. What each committed
+        insert took is added to ``counts`` as it goes, so halves committed before an outage
+        are in it too.
         """
         try:
-            return self.insert(events), []
+            self.insert(events, counts)
+            return []
         except Exception as exc:
             reason = refused_for_data(exc)
             if reason is None:
                 raise
             if len(events) == 1:
-                return 0, [(events[0], reason)]
+                return [(events[0], reason)]
         half = len(events) // 2
-        first, refused_first = self.insert_storable(events[:half])
-        second, refused_second = self.insert_storable(events[half:])
-        return first + second, refused_first + refused_second
+        return self.insert_storable(events[:half], counts) + self.insert_storable(
+            events[half:], counts
+        )
 
-    def insert(self, events: Sequence[NewEvent]) -> int:
+    def insert(self, events: Sequence[NewEvent], counts: Inserted | None = None) -> int:
         """Insert new events, skipping any (destination, event_id) already present.
 
-        Returns how many rows were inserted; the rest were duplicates. Commits, all or none.
+        Returns how many rows were inserted; the rest were duplicates. Commits, all or none;
+        once committed, adds the new rows and duplicates of each destination to ``counts``.
         """
         if not events:
             return 0
@@ -153,9 +171,11 @@ class Outbox:
         )
         with self.engine.begin() as conn:
             inserted = conn.execute(statement, list(rows.values())).all()
-        new = Counter(row.destination for row in inserted)
-        for destination, taken in Counter(event.destination for event in events).items():
-            metrics.drained(destination, new[destination], taken - new[destination])
+        if counts is not None:
+            new = Counter(row.destination for row in inserted)
+            for destination, taken in Counter(event.destination for event in events).items():
+                counts.new[destination] += new[destination]
+                counts.duplicates[destination] += taken - new[destination]
         return len(inserted)
 
     # -- dispatch side --------------------------------------------------------------
@@ -229,7 +249,9 @@ class Outbox:
         claims.sort(key=lambda claim: claim.id)
         return claims
 
-    def mark_delivered(self, claim: Claim, status: int) -> bool:
+    def mark_delivered(self, claim: Claim, status: int) -> datetime | None:
+        """Mark the row delivered if this claim still holds its lease: the database's time of
+        the delivery, or None when a newer claim owns the row (nothing was written)."""
         return self._finish(
             claim,
             ("delivered", status, None),
@@ -241,7 +263,7 @@ class Outbox:
         )
 
     def mark_dead(self, claim: Claim, status: int | None, detail: str) -> bool:
-        return self._finish(
+        written = self._finish(
             claim,
             ("dead", status, detail),
             status=Status.DEAD.value,
@@ -249,6 +271,7 @@ class Outbox:
             last_error=detail,
             lease_token=None,
         )
+        return written is not None
 
     def schedule_retry(
         self,
@@ -268,7 +291,7 @@ class Outbox:
         }
         if refund_attempt:
             values["attempts"] = outbox.c.attempts - 1
-        return self._finish(claim, ("retry", status, detail), **values)
+        return self._finish(claim, ("retry", status, detail), **values) is not None
 
     def release(
         self, claim: Claim, delay: float, *, refused: tuple[int | None, str] | None = None
@@ -285,15 +308,16 @@ class Outbox:
             "lease_token": None,
         }
         if refused is None:
-            return self._finish(claim, None, **values)
+            return self._finish(claim, None, **values) is not None
         status, detail = refused
         values.update(last_status=status, last_error=detail)
-        return self._finish(claim, ("pause", status, detail), **values)
+        return self._finish(claim, ("pause", status, detail), **values) is not None
 
     def _finish(
         self, claim: Claim, attempt: tuple[str, int | None, str | None] | None, **values: Any
-    ) -> bool:
-        """Apply ``values`` only if this claim still holds the lease; say whether it did.
+    ) -> datetime | None:
+        """Apply ``values`` only if this claim still holds the lease: the database's time of
+        the write, or None when it did not (nothing was written).
 
         ``attempt`` (verdict, HTTP status, detail) goes into the attempt history in the same
         transaction, so the history never shows an outcome the row does not have; it is timed
@@ -310,9 +334,9 @@ class Outbox:
             .returning(outbox.c.updated_at)
         )
         with self.engine.begin() as conn:
-            now = conn.execute(statement).scalar()
+            now: datetime | None = conn.execute(statement).scalar()
             if now is None:
-                return False
+                return None
             if attempt is not None:
                 verdict, status, detail = attempt
                 conn.execute(
@@ -325,10 +349,7 @@ class Outbox:
                         detail=truncate(detail, ATTEMPT_DETAIL_LIMIT) if detail else None,
                     )
                 )
-        if attempt is not None:
-            latency = (now - claim.enqueued_at).total_seconds()
-            metrics.outcome(attempt[0], claim.destination, attempt[1], latency)
-        return True
+        return now
 
     # -- reading --------------------------------------------------------------------
 
@@ -373,26 +394,4 @@ class Outbox:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Row counts by destination and status."""
-        statement = select(outbox.c.destination, outbox.c.status, func.count()).group_by(
-            outbox.c.destination, outbox.c.status
-        )
-        result: dict[str, dict[str, int]] = {}
-        with self.engine.connect() as conn:
-            for destination, status, count in conn.execute(statement):
-                result.setdefault(destination, {})[status] = count
-        return result
-
-    def dead_reasons(self) -> dict[str, dict[str, int]]:
-        """Dead rows by destination and reason (HTTP status, or the error's first word)."""
-        statement = (
-            select(outbox.c.destination, outbox.c.last_status, outbox.c.last_error, func.count())
-            .where(outbox.c.status == Status.DEAD.value)
-            .group_by(outbox.c.destination, outbox.c.last_status, outbox.c.last_error)
-        )
-        result: dict[str, dict[str, int]] = {}
-        with self.engine.connect() as conn:
-            for destination, status, error, count in conn.execute(statement):
-                reason = f"HTTP {status}" if status else (error or "unknown").split(":")[0]
-                bucket = result.setdefault(destination, {})
-                bucket[reason] = bucket.get(reason, 0) + count
-        return result
+        return status_counts(self.engine)

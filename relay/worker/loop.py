@@ -15,17 +15,17 @@ import redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.destinations import build_destinations
-from relay.errors import ConfigError, LimiterUnavailable
+from relay.errors import LimiterUnavailable
 from relay.keys import Keys
 from relay.limiter import RedisLimiter, budgets_for
 from relay.limiter.base import Limiter
-from relay.outbox.engine import make_engine, safe_url
-from relay.outbox.migrate import is_current, upgrade
-from relay.outbox.store import Outbox
+from relay.outbox.engine import make_engine
+from relay.outbox.migrate import ensure_current
+from relay.outbox.store import Inserted, Outbox
 from relay.queue import embedded
 from relay.queue.consumer import Queue
 from relay.settings import Settings
-from relay.worker import failpoints
+from relay.worker import failpoints, metrics
 from relay.worker.delivery import Dispatcher, DispatchReport
 from relay.worker.pauses import Pauses
 from relay.worker.retry import RetryPolicy
@@ -84,7 +84,7 @@ class Worker:
         )
         warn_if_redis_can_lose_events(self.redis)
         self.engine = make_engine(settings.resolved_database_url)
-        self.ensure_schema()
+        ensure_current(self.engine, settings.resolved_database_url)
         self.outbox = Outbox(self.engine)
         self.queue = Queue(
             self.redis,
@@ -122,18 +122,6 @@ class Worker:
             recovery_seconds=settings.limit_recovery_seconds,
         )
 
-    def ensure_schema(self) -> None:
-        """SQLite (embedded) is migrated on the spot; PostgreSQL must be upgraded first."""
-        if is_current(self.engine):
-            return
-        if self.engine.dialect.name == "sqlite":
-            upgrade(self.engine)
-            return
-        raise ConfigError(
-            f"the outbox at {safe_url(self.settings.resolved_database_url)} is not at the "
-            "newest schema: run `relay db upgrade` first"
-        )
-
     # -- the two steps ------------------------------------------------------------------
 
     def drain(self, wait: float = 0.0) -> DrainReport:
@@ -143,7 +131,13 @@ class Worker:
         if not batch:
             return report
         failpoints.hit("drain.after_take")
-        report.inserted, refused = self.outbox.insert_storable(batch.events)
+        counts = Inserted()
+        try:
+            refused = self.outbox.insert_storable(batch.events, counts)
+        finally:
+            # An outage halfway through a split batch: the halves committed before it count.
+            count_drained(counts)
+        report.inserted = counts.total
         failpoints.hit("drain.after_commit")
         poison = batch.poison + [(event.raw, reason) for event, reason in refused]
         # Crash here (after the commit, before the ack): the reaper puts the batch back and
@@ -247,6 +241,12 @@ class Worker:
             log.warning("could not deregister consumer on close: %s", exc)
         self.redis.close()
         self.engine.dispose()
+
+
+def count_drained(counts: Inserted) -> None:
+    """Count what one drain put into the outbox, per destination, in the worker's metrics."""
+    for destination in counts.new.keys() | counts.duplicates.keys():
+        metrics.drained(destination, counts.new[destination], counts.duplicates[destination])
 
 
 def retry_policy(settings: Settings, destination: str) -> RetryPolicy:
