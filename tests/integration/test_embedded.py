@@ -14,7 +14,7 @@ from relay.ops.admin import Admin
 from relay.queue import embedded
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.conftest import SERVOKI_KEY
+from tests.support.services import SERVOKI_KEY
 
 
 @pytest.fixture

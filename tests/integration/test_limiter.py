@@ -28,7 +28,7 @@ from relay.limiter import RateLimit, RedisLimiter, budgets_for, plan
 from relay.limiter.budget import SLACK
 from relay.settings import DestinationConfig, Settings
 from relay.worker.loop import Worker
-from tests.conftest import SERVOKI_KEY, RedisServer
+from tests.support.services import SERVOKI_KEY, RedisServer
 
 SCOPE = ("s",)
 DEFAULT_JITTER = Settings.model_fields["limit_jitter"].default

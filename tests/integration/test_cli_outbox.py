@@ -14,8 +14,8 @@ from relay.outbox.engine import make_engine
 from relay.outbox.schema import attempts, outbox
 from relay.outbox.store import utcnow
 from relay.settings import Settings
-from tests.cli_state import UNKNOWN_SITE, State, build
-from tests.conftest import DATALOOK_KEY
+from tests.support.cli_state import UNKNOWN_SITE, State, build
+from tests.support.services import DATALOOK_KEY
 
 ROW_FIELDS = {
     "event_id", "destination", "status", "attempts", "last_status", "last_error", "created_at",

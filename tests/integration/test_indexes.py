@@ -24,7 +24,7 @@ from relay.outbox.queries import find_rows
 from relay.outbox.schema import metadata, outbox
 from relay.outbox.store import Outbox, utcnow
 from relay.queue.wire import NewEvent
-from tests.conftest import Postgres
+from tests.support.services import Postgres
 
 PENDING_DUE = "ix_relay_outbox_pending_due"
 EVENT_ID = "ix_relay_outbox_event_id"

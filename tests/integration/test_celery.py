@@ -14,7 +14,7 @@ import pytest
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.settings import Settings
-from tests.conftest import ROOT, relay_env
+from tests.support.services import ROOT, relay_env
 
 pytestmark = pytest.mark.slow
 

@@ -28,8 +28,8 @@ from relay.outbox.store import Outbox, utcnow
 from relay.queue.wire import NewEvent
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.conftest import ROOT, Postgres, relay_env
-from tests.faults import Workload, libfaketime, skewed_clock, start_pump, stop, wait_for
+from tests.support.faults import Workload, libfaketime, skewed_clock, start_pump, stop, wait_for
+from tests.support.services import ROOT, Postgres, relay_env
 
 needs_faketime = pytest.mark.skipif(
     libfaketime() is None, reason="needs Debian's faketime package (scripts/test installs it)"

@@ -21,7 +21,7 @@ from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.conftest import DATALOOK_KEY, SECRETS, relay_env
+from tests.support.services import DATALOOK_KEY, SECRETS, relay_env
 
 UNKNOWN_SITE = "unknown.example"
 

@@ -37,7 +37,7 @@ from relay.queue.memory import redis_memory
 from relay.settings import Settings
 from relay.worker.loop import Worker
 from relay.worker.pauses import Pauses
-from tests.conftest import ROOT, RedisServer, relay_env
+from tests.support.services import ROOT, RedisServer, relay_env
 
 PADDING = "x" * 900
 

@@ -13,7 +13,7 @@ from relay.destinations.base import USER_AGENT, parse_retry_after
 from relay.destinations.outcome import Verdict
 from relay.settings import DestinationConfig
 from relay.worker.retry import RetryPolicy
-from tests.conftest import DATALOOK_KEY, SERVOKI_KEY
+from tests.support.services import DATALOOK_KEY, SERVOKI_KEY
 
 SERVOKI = Servoki(
     DestinationConfig("servoki", "servoki", "https://servoki.com", SecretStr(SERVOKI_KEY))

@@ -23,7 +23,7 @@ from relay.outbox.engine import make_engine
 from relay.outbox.migrate import is_current, upgrade
 from relay.outbox.schema import outbox
 from relay.settings import Settings
-from tests.conftest import SERVOKI_KEY
+from tests.support.services import SERVOKI_KEY
 
 NO_REDIS = "redis://127.0.0.1:9"  # refused at once: the fallback path, without waiting
 

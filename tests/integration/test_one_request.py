@@ -27,7 +27,7 @@ from relay.outbox.store import Claim, utcnow
 from relay.settings import Settings
 from relay.worker.delivery import Round
 from relay.worker.loop import Worker
-from tests.faults import start_pump
+from tests.support.faults import start_pump
 
 pytestmark = pytest.mark.slow
 

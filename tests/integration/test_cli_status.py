@@ -16,8 +16,8 @@ from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.cli_state import State, build
-from tests.conftest import DATALOOK_KEY, ROOT, SECRETS
+from tests.support.cli_state import State, build
+from tests.support.services import DATALOOK_KEY, ROOT, SECRETS
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def run_relay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 def test_unreachable_redis_and_database_are_named_without_credentials(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    from tests.conftest import relay_env
+    from tests.support.services import relay_env
 
     env = relay_env(make_settings(), RELAY_REDIS_URL="redis://:hunter2pw@127.0.0.1:9/0")
     result = run_relay(env, "status")

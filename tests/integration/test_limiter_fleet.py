@@ -18,7 +18,7 @@ from relay.enqueue import Enqueuer
 from relay.limiter import RateLimit, plan
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.conftest import Postgres
+from tests.support.services import Postgres
 
 pytestmark = pytest.mark.slow
 

@@ -131,7 +131,7 @@ DATALOOK_FIELDS = {
 
 @pytest.fixture(scope="module")
 def enqueuer() -> Enqueuer:
-    from tests.conftest import DATALOOK_KEY, SERVOKI_KEY
+    from tests.support.services import DATALOOK_KEY, SERVOKI_KEY
 
     return Enqueuer(
         Settings(

@@ -17,7 +17,7 @@ import pytest
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.settings import Settings
-from tests.faults import ROOT, Workload, relay_env, wait_for
+from tests.support.faults import ROOT, Workload, relay_env, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from relay.enqueue import Enqueuer
 from relay.errors import ConfigError
 from relay.keys import Keys
 from relay.settings import Settings, load_settings
-from tests.conftest import DATALOOK_KEY, SECRETS, SERVOKI_KEY
+from tests.support.services import DATALOOK_KEY, SECRETS, SERVOKI_KEY
 
 
 @pytest.fixture
@@ -278,7 +278,7 @@ def test_the_example_config_file_loads(
     clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """config/relay.example.toml stays a working file (only its secret path is swapped)."""
-    from tests.conftest import ROOT
+    from tests.support.services import ROOT
 
     secret = tmp_path / "servoki-shop"
     secret.write_text(SERVOKI_KEY)

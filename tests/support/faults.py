@@ -20,7 +20,7 @@ from relay.enqueue import Enqueuer
 from relay.outbox.engine import make_engine
 from relay.outbox.schema import outbox
 from relay.settings import Settings
-from tests.conftest import ROOT, relay_env
+from tests.support.services import ROOT, relay_env
 
 PUMP_SCRIPT = """
 import logging, os, signal, sys

@@ -27,7 +27,7 @@ from relay.outbox.schema import attempts, outbox
 from relay.outbox.store import utcnow
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.conftest import SECRETS
+from tests.support.services import SECRETS
 
 
 def rows(worker: Worker) -> dict[str, Any]:

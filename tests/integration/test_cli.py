@@ -16,9 +16,9 @@ from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.outbox.engine import make_engine
 from relay.settings import Settings
-from tests.conftest import DATALOOK_KEY, SECRETS, SERVOKI_KEY, Postgres, relay_env
+from tests.support.services import DATALOOK_KEY, SECRETS, SERVOKI_KEY, Postgres, relay_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_relay(

@@ -28,7 +28,7 @@ from relay.queue.consumer import Queue
 from relay.settings import Settings, load_settings
 from relay.urls import describe_error, safe_url, scrub
 from relay.urls import safe_url as light_safe_url
-from tests.conftest import DATALOOK_KEY, ROOT, SECRETS, SERVOKI_KEY, relay_env
+from tests.support.services import DATALOOK_KEY, ROOT, SECRETS, SERVOKI_KEY, relay_env
 
 # A DataLook key whose secret holds an underscore: dl_live_<key_id>_<secret>.
 UNDERSCORE_KEY = "dl_live_k7prod_s3cr3t_with_underscore"

@@ -21,8 +21,8 @@ from relay.enqueue import Enqueuer
 from relay.outbox.engine import make_engine
 from relay.outbox.schema import outbox
 from relay.settings import Settings
-from tests.conftest import Postgres, RedisServer
-from tests.faults import Workload, run_flush, start_pump, stop, wait_for
+from tests.support.faults import Workload, run_flush, start_pump, stop, wait_for
+from tests.support.services import Postgres, RedisServer
 
 pytestmark = pytest.mark.slow
 N = 1000
@@ -255,7 +255,7 @@ def test_enqueue_with_redis_and_database_down_fails_fast(tmp_path: Path) -> None
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # accepts connections, never answers: the worst case for a client
     port = silent.getsockname()[1]
-    from tests.conftest import SERVOKI_KEY
+    from tests.support.services import SERVOKI_KEY
 
     client = relay.configure(
         Settings(

@@ -15,7 +15,7 @@ from relay.enqueue import Enqueuer
 from relay.outbox.schema import outbox
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.conftest import DATALOOK_KEY, SECRETS
+from tests.support.services import DATALOOK_KEY, SECRETS
 
 
 class Relay:

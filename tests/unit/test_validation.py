@@ -16,7 +16,7 @@ from relay.dev.sandbox.validation import InvalidBody, datalook_event, decode_obj
 from relay.enqueue import Enqueuer
 from relay.errors import InvalidEvent, UnknownDestination
 from relay.settings import Settings
-from tests.conftest import DATALOOK_KEY, SERVOKI_KEY
+from tests.support.services import DATALOOK_KEY, SERVOKI_KEY
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ from relay.keys import Keys
 from relay.outbox.engine import make_engine
 from relay.outbox.schema import outbox
 from relay.settings import Settings
-from tests.conftest import ROOT, relay_env
-from tests.faults import stop, wait_for
+from tests.support.faults import stop, wait_for
+from tests.support.services import ROOT, relay_env
 
 pytestmark = pytest.mark.slow
 

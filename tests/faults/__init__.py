@@ -1,0 +1,1 @@
+"""Fault tests: real kills, restarts, full Redis and skewed clocks."""

@@ -1,0 +1,1 @@
+"""Tests against real Redis, PostgreSQL, SQLite, HTTP servers and worker processes."""

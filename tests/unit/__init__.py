@@ -1,0 +1,1 @@
+"""Fast tests that need no server: validation, budget maths, outcome classification."""
