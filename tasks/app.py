@@ -152,7 +152,7 @@ def _serve_metrics(**_: Any) -> None:
     # The main process outlives every pool child: it serves the children's metrics.
     global _metrics_server
     if settings.metrics_port is not None:
-        from relay.worker import metrics
+        from relay.ops import exporter as metrics
 
         metrics.clear_multiprocess_dir()
         _metrics_server = metrics.serve(settings)
@@ -165,7 +165,7 @@ def _after_fork(**_: Any) -> None:
 
     jobs.reset_workers()
     if _metrics_server is not None:
-        from relay.worker import metrics
+        from relay.ops import exporter as metrics
 
         metrics.close_in_child(_metrics_server)
 

@@ -1,4 +1,5 @@
 """What operators see and do: status, health, the outbox rows, pauses, the metrics exporter.
 
 admin.py      Admin: the operator facade over Redis and the outbox, typed results
+exporter.py   the Prometheus exporter: the worker's counters and gauges read at each scrape
 """

@@ -214,6 +214,7 @@ class Dispatcher:
             "the worker stopped while sending (see its logs)"
         )
         if self.outbox.mark_dead(claim, None, reason):
+            metrics.outcome(Verdict.DEAD, claim.destination, None, None)
             report.dead += 1
             log.error(
                 "dead event_id=%s destination=%s: %s", claim.event_id, claim.destination, reason
@@ -389,12 +390,18 @@ class Dispatcher:
         return Outcome.retry(None, destination.redact(detail))
 
     def record(self, claim: Claim, outcome: Outcome, *, probe: bool = False) -> bool:
-        """Write ``outcome`` for ``claim`` if its lease still holds; log one line."""
+        """Write ``outcome`` for ``claim`` if its lease still holds; log one line; count it in
+        the metrics if it was written (an outcome that lost its lease is not counted)."""
         where = f"event_id={claim.event_id} destination={claim.destination}"
         status = outcome.status
         if outcome.verdict is Verdict.DELIVERED:
             assert status is not None
-            recorded = self.outbox.mark_delivered(claim, status)
+            delivered_at = self.outbox.mark_delivered(claim, status)
+            recorded = delivered_at is not None
+            if delivered_at is not None:
+                # Counted at once: the probe's resume below may fail, the row is delivered.
+                latency = (delivered_at - claim.enqueued_at).total_seconds()
+                metrics.outcome(outcome.verdict, claim.destination, status, latency)
             if probe:
                 # Only the relay's own pause: one an operator set meanwhile stays.
                 self.pauses.resume(claim.destination, only_by="relay")
@@ -413,6 +420,8 @@ class Dispatcher:
             recorded = self._retry(claim, outcome, where)
         if not recorded:
             log.warning("lease lost for %s: a newer claim owns the row; result dropped", where)
+        elif outcome.verdict is not Verdict.DELIVERED:
+            metrics.outcome(outcome.verdict, claim.destination, status, None)
         return recorded
 
     def _retry(self, claim: Claim, outcome: Outcome, where: str) -> bool:

@@ -245,7 +245,7 @@ class Worker:
 
 def count_drained(counts: Inserted) -> None:
     """Count what one drain put into the outbox, per destination, in the worker's metrics."""
-    for destination in counts.new.keys() | counts.duplicates.keys():
+    for destination in sorted(counts.new.keys() | counts.duplicates.keys()):
         metrics.drained(destination, counts.new[destination], counts.duplicates[destination])
 
 
