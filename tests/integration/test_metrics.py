@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
+from relay.ops import exporter
 from relay.settings import Settings
-from relay.worker import metrics
 from relay.worker.loop import Worker
 
 COUNTERS = (
@@ -64,7 +64,7 @@ def test_scrape_reads_queue_backlog_and_pauses(
     enqueuer = Enqueuer(settings)
     enqueuer.push([enqueuer.encode("servoki", {"event_type": "signup"})[1] for _ in range(2)])
     enqueuer.close()
-    text = generate_latest(metrics.build_registry(settings)).decode()
+    text = generate_latest(exporter.build_registry(settings)).decode()
     values = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
