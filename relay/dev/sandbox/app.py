@@ -25,7 +25,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from aiohttp import web
+from relay.errors import ConfigError
+
+try:
+    from aiohttp import web
+except ModuleNotFoundError as exc:  # a production install leaves the sandbox's server out
+    raise ConfigError(
+        "the sandbox needs aiohttp, which a production install of relay leaves out: "
+        "install the sandbox extra (pip install 'relay[sandbox]', or -e '.[sandbox]' from a "
+        "checkout)"
+    ) from exc
 
 from relay.dev.sandbox.state import APIS, Api, Faults, SandboxConfig, SandboxState, StoredEvent
 from relay.dev.sandbox.validation import InvalidBody, datalook_event, decode_object, servoki_site
