@@ -62,7 +62,9 @@ class Enqueuer:
         """Validate and stamp one event; return its id and the queue item's bytes."""
         dest = self.destinations.get(destination)
         if dest is None:
-            raise UnknownDestination(destination, list(self.destinations))
+            raise UnknownDestination(
+                destination, list(self.destinations), self.settings.key_settings()
+            )
         if not isinstance(payload, Mapping):
             raise InvalidEvent(destination, "a JSON object (a dict of fields)", payload)
         now = datetime.now(UTC)

@@ -29,11 +29,11 @@ class ConfigError(RelayError):
 class UnknownDestination(ConfigError):
     """The event names a destination that is not configured."""
 
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(self, name: str, known: list[str], key_settings: list[str] | None = None) -> None:
+        """``key_settings``: the variables that would enable one (named when none is)."""
         self.name = name
-        choices = (
-            ", ".join(sorted(known)) or "none: set RELAY_SERVOKI_API_KEY or RELAY_DATALOOK_API_KEY"
-        )
+        hint = " or ".join(key_settings or ["a destination's RELAY_<KIND>_API_KEY"])
+        choices = ", ".join(sorted(known)) or f"none: set {hint}"
         super().__init__(
             f"unknown destination {name!r}; configured destinations: {choices}. "
             "Set its API key (and URL) in the environment or add it to the RELAY_CONFIG TOML file."

@@ -15,40 +15,47 @@ and ``[retry.NAME]`` tables that give one destination its own retry policy::
     max_attempts = 10
 
 Keys are held as ``SecretStr``: they never appear in ``repr``, logs or error messages.
+
+The settings know no API: each destination kind's variables (``RELAY_SERVOKI_API_KEY``,
+``RELAY_DATALOOK_URL``, …), defaults, key shape and table keys come from its class in the
+registry (:mod:`relay.destinations`), which this module imports and never the reverse.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from relay.destinations import KINDS, Destination, DestinationConfig, RateLimit, destination_class
 from relay.errors import ConfigError
 from relay.urls import safe_url
 
-Kind = Literal["servoki", "datalook"]
-
-DEFAULT_SERVOKI_URL = "https://servoki.com"
-DEFAULT_RATE_LIMITS: dict[str, str] = {"servoki": "600/60s", "datalook": "500/10s"}
+__all__ = ["DestinationConfig", "DestinationEntry", "RetryEntry", "Settings", "load_settings"]
 
 
 class DestinationEntry(BaseModel):
-    """One ``[destinations.NAME]`` table of the TOML file."""
+    """One ``[destinations.NAME]`` table of the TOML file.
 
-    model_config = ConfigDict(extra="forbid")
+    Besides these keys a table holds the settings of its kind's own (``Destination.options``,
+    such as Servoki's ``site``); they are checked against the registry when the destinations
+    are built.
+    """
 
-    kind: Kind
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
     url: str | None = None
     api_key_env: str | None = None
     api_key_file: Path | None = None
-    site: str | None = None
     rate_limit: str | None = None
 
 
@@ -64,25 +71,36 @@ class RetryEntry(BaseModel):
     retry_after_cap: float | None = Field(default=None, gt=0)
 
 
-@dataclass(frozen=True)
-class DestinationConfig:
-    """Everything the relay knows about one enabled destination."""
+def _kind_fields() -> dict[str, Any]:
+    """The ``RELAY_<KIND>_*`` fields of every kind registered so far, from its class."""
+    fields: dict[str, Any] = {}
+    for kind, cls in KINDS.items():
+        fields[f"{kind}_api_key"] = (SecretStr | None, None)
+        fields[f"{kind}_url"] = (str | None, cls.default_url)
+        fields[f"{kind}_rate_limit"] = (str, cls.default_rate_limit)
+        for option in cls.options:
+            kind_type: Any = str if option.default is not None else str | None
+            fields[f"{kind}_{option.name}"] = (
+                kind_type,
+                Field(default=option.default, pattern=option.pattern),
+            )
+    return fields
 
-    name: str
-    kind: Kind
-    url: str
-    api_key: SecretStr = field(repr=False)
-    site: str | None = None
-    rate_limit: str = ""
-    egress_scope: str = "global"
-    """Servoki only: which egress-IP bucket requests consume (``RELAY_SERVOKI_EGRESS_SCOPE``)."""
-    url_setting: str = ""
-    """Where the URL is configured (``RELAY_DATALOOK_URL``, ``url of [destinations.NAME]``):
-    what an operator must fix when the URL answers like no API would."""
+
+if TYPE_CHECKING:
+    _KindSettings = BaseSettings
+else:
+    # Built once, from the kinds registered when the settings are first imported (the built-in
+    # ones); a kind registered later is configured with [destinations.NAME] tables.
+    _KindSettings = create_model("_KindSettings", __base__=BaseSettings, **_kind_fields())
 
 
-class Settings(BaseSettings):
-    """All of the relay's settings. Build it with :func:`load_settings`."""
+class Settings(_KindSettings):
+    """All of the relay's settings. Build it with :func:`load_settings`.
+
+    Besides the fields below, each destination kind has ``<kind>_api_key``, ``<kind>_url``,
+    ``<kind>_rate_limit`` and one field per option (``servoki_site``, …), from its class.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="RELAY_", env_file=".env", extra="ignore", hide_input_in_errors=True
@@ -94,16 +112,6 @@ class Settings(BaseSettings):
     database_url: str | None = None
     config: Path | None = None
 
-    servoki_api_key: SecretStr | None = None
-    servoki_url: str = DEFAULT_SERVOKI_URL
-    servoki_site: str | None = None
-    servoki_rate_limit: str = DEFAULT_RATE_LIMITS["servoki"]
-    datalook_api_key: SecretStr | None = None
-    datalook_url: str | None = None
-    datalook_rate_limit: str = DEFAULT_RATE_LIMITS["datalook"]
-    # Servoki counts per egress IP: "global" (every host behind one NAT, the default), "host"
-    # (each host its own IP), or any label naming an IP that a group of hosts shares.
-    servoki_egress_scope: str = Field(default="global", pattern=r"^[A-Za-z0-9_.:\-]+$")
     # Arrivals may land this long after their slot (network, scheduling); the buckets leave
     # room for it. Measured in bench/limits.py.
     limit_jitter: float = Field(default=0.1, ge=0, le=5)
@@ -147,6 +155,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, dotenv_settings, _TomlSource(settings_cls)
 
+    if TYPE_CHECKING:
+        # The kinds' fields (servoki_api_key, datalook_url, …) are made from the registry, so
+        # mypy cannot list them: it takes any keyword and any attribute beyond those above.
+        def __init__(self, **values: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
+
     # -- derived values ---------------------------------------------------------------
 
     @property
@@ -189,35 +204,12 @@ class Settings(BaseSettings):
     def destination_configs(self) -> dict[str, DestinationConfig]:
         """Every enabled destination, checked. Raises ConfigError naming the bad setting."""
         found: dict[str, DestinationConfig] = {}
-        if self.servoki_api_key is not None:
-            found["servoki"] = DestinationConfig(
-                name="servoki",
-                kind="servoki",
-                url=_checked_url(self.servoki_url, "RELAY_SERVOKI_URL"),
-                url_setting="RELAY_SERVOKI_URL",
-                api_key=_checked_key("servoki", self.servoki_api_key, "RELAY_SERVOKI_API_KEY"),
-                site=self.servoki_site,
-                rate_limit=self._checked_rate(self.servoki_rate_limit, "RELAY_SERVOKI_RATE_LIMIT"),
-                egress_scope=self.servoki_egress_scope,
-            )
-        if self.datalook_api_key is not None:
-            if not self.datalook_url:
-                raise ConfigError(
-                    "RELAY_DATALOOK_URL is required when RELAY_DATALOOK_API_KEY is set: DataLook "
-                    "hosts are per account; copy the base URL from the DataLook dashboard"
-                )
-            found["datalook"] = DestinationConfig(
-                name="datalook",
-                kind="datalook",
-                url=_checked_url(self.datalook_url, "RELAY_DATALOOK_URL"),
-                url_setting="RELAY_DATALOOK_URL",
-                api_key=_checked_key("datalook", self.datalook_api_key, "RELAY_DATALOOK_API_KEY"),
-                rate_limit=self._checked_rate(
-                    self.datalook_rate_limit, "RELAY_DATALOOK_RATE_LIMIT"
-                ),
-            )
+        for cls in KINDS.values():
+            config = self._kind_destination(cls)
+            if config is not None:
+                found[cls.kind] = config
         for name, entry in self.destinations.items():
-            found[name] = _named_destination(name, entry, self.servoki_egress_scope)
+            found[name] = self._named_destination(name, entry)
             self._checked_rate(found[name].rate_limit, f"rate_limit of [destinations.{name}]")
         for name in self.retry:
             if name not in found:
@@ -226,6 +218,93 @@ class Settings(BaseSettings):
                     f"{', '.join(found) or 'none'}); fix the name or set that destination's key"
                 )
         return found
+
+    def key_settings(self) -> list[str]:
+        """The variables that enable a destination (``RELAY_SERVOKI_API_KEY``, …)."""
+        return [f"RELAY_{kind.upper()}_API_KEY" for kind in KINDS if self._has_fields(kind)]
+
+    def _has_fields(self, kind: str) -> bool:
+        # A kind registered after the settings were first imported has no RELAY_* variables.
+        return f"{kind}_api_key" in type(self).model_fields
+
+    def _kind_destination(self, cls: type[Destination]) -> DestinationConfig | None:
+        """The destination named after its kind, set by ``RELAY_<KIND>_*``, if its key is set."""
+        kind = cls.kind
+        if not self._has_fields(kind):
+            return None
+        key: SecretStr | None = getattr(self, f"{kind}_api_key")
+        if key is None:
+            return None
+        setting = f"RELAY_{kind.upper()}_"
+        url: str | None = getattr(self, f"{kind}_url")
+        if not url:
+            raise ConfigError(
+                f"{setting}URL is required when {setting}API_KEY is set: {cls.url_required}"
+            )
+        return DestinationConfig(
+            name=kind,
+            kind=kind,
+            url=_checked_url(url, f"{setting}URL"),
+            url_setting=f"{setting}URL",
+            api_key=_checked_key(cls, key, f"{setting}API_KEY"),
+            rate_limit=self._checked_rate(
+                getattr(self, f"{kind}_rate_limit"), f"{setting}RATE_LIMIT"
+            ),
+            options=self._kind_options(cls, lambda name: getattr(self, f"{kind}_{name}")),
+        )
+
+    def _kind_options(
+        self, cls: type[Destination], own: Callable[[str], str | None]
+    ) -> dict[str, str]:
+        """The values of ``cls``'s options: ``own(name)`` for per-destination ones, the kind's
+        ``RELAY_<KIND>_<NAME>`` (or the default) for the ones every destination shares."""
+        values: dict[str, str] = {}
+        for option in cls.options:
+            if option.per_destination:
+                value = own(option.name)
+                value = option.default if value is None else value
+            elif self._has_fields(cls.kind):
+                value = getattr(self, f"{cls.kind}_{option.name}")
+            else:
+                value = option.default
+            if value is not None:
+                values[option.name] = value
+        return values
+
+    def _named_destination(self, name: str, entry: DestinationEntry) -> DestinationConfig:
+        where = f"[destinations.{name}] in RELAY_CONFIG"
+        cls = _table_kind(entry.kind, where)
+        extra = _table_options(entry, cls, where)
+        url = entry.url or cls.default_url
+        if not url:
+            raise ConfigError(f'{where} needs url = "https://…": {cls.url_required}')
+        if entry.api_key_env:
+            raw = os.environ.get(entry.api_key_env)
+            if not raw:
+                raise ConfigError(
+                    f"{where} reads its key from ${entry.api_key_env}, which is not set"
+                )
+        elif entry.api_key_file:
+            try:
+                raw = entry.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where} reads its key from {entry.api_key_file}, which cannot be read: "
+                    f"{exc.strerror}"
+                ) from None
+        else:
+            raise ConfigError(
+                f"{where} needs api_key_env or api_key_file: keys stay out of config files"
+            )
+        return DestinationConfig(
+            name=name,
+            kind=cls.kind,
+            url=_checked_url(url, f"url of {where}"),
+            url_setting=f"url of {where}",
+            api_key=_checked_key(cls, SecretStr(raw), f"the key of {where}"),
+            rate_limit=entry.rate_limit or cls.default_rate_limit,
+            options=self._kind_options(cls, extra.get),
+        )
 
     def retry_settings(self, destination: str) -> dict[str, Any]:
         """The retry policy of ``destination``: its ``[retry.NAME]`` table over the globals."""
@@ -242,11 +321,9 @@ class Settings(BaseSettings):
         return values
 
     def _checked_rate(self, text: str, setting: str) -> str:
-        """``text`` if it is a limit the buckets can pace under the jitter margin."""
-        from relay.limiter.budget import RateLimit, plan
-
+        """``text`` if it is a limit the buckets can pace."""
         try:
-            plan(RateLimit.parse(text), self.limit_jitter)
+            RateLimit.parse(text).check_paceable()
         except ValueError as exc:
             raise ConfigError(f"{setting}: {exc}") from None
         return text
@@ -287,27 +364,47 @@ class _TomlSource(PydanticBaseSettingsSource):
             raise ConfigError(f"RELAY_CONFIG file {path!r} is not valid TOML: {exc}") from None
 
 
-_KEY_SHAPES = {
-    "servoki": ("servoki_<key>", "a key of at least 8 letters, digits, _ or -"),
-    # A shorter secret is a key cut short when copied; it would also be too short to redact
-    # from texts without masking ordinary words.
-    "datalook": (
-        "dl_live_<key_id>_<secret>",
-        "a key id of letters and digits and a secret of at least 8 letters, digits, _ or -",
-    ),
-}
-
-
-def _checked_key(kind: str, key: SecretStr, setting: str) -> SecretStr:
-    from relay.destinations import key_is_well_formed
-
-    if not key_is_well_formed(kind, key.get_secret_value()):
-        shape, rule = _KEY_SHAPES[kind]
+def _checked_key(cls: type[Destination], key: SecretStr, setting: str) -> SecretStr:
+    if not cls.key_is_well_formed(key.get_secret_value()):
         raise ConfigError(
-            f"{setting} does not look like a {kind} key (expected {shape}), with {rule}; "
-            "copy the key again from the dashboard"
+            f"{setting} does not look like a {cls.kind} key (expected {cls.key_shape}), with "
+            f"{cls.key_rule}; copy the key again from the dashboard"
         )
     return key
+
+
+def _table_kind(kind: str, where: str) -> type[Destination]:
+    try:
+        return destination_class(kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+_TABLE_KEYS = tuple(DestinationEntry.model_fields)
+
+
+def _table_options(entry: DestinationEntry, cls: type[Destination], where: str) -> dict[str, Any]:
+    """The table's settings of its kind's own, checked like the kind's variables.
+
+    A key that is an option of another kind is ignored, as before kinds declared their own
+    (a DataLook table with a Servoki ``site`` loads); any other key is refused.
+    """
+    own = {option.name: option for option in cls.options if option.per_destination}
+    shared = {o.name for kind in KINDS.values() for o in kind.options if o.per_destination}
+    values: dict[str, Any] = {}
+    for key, value in (entry.model_extra or {}).items():
+        option = own.get(key)
+        if option is None:
+            if key in shared:
+                continue
+            allowed = ", ".join([*_TABLE_KEYS, *own])
+            raise ConfigError(f"{where}: {key!r} is not a {cls.kind} setting (allowed: {allowed})")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        if option.pattern is not None and re.fullmatch(option.pattern, value) is None:
+            raise ConfigError(f"{where}: {key} must match {option.pattern}, got {value!r}")
+        values[key] = value
+    return values
 
 
 _LOOPBACK_NAMES = ("localhost",)
@@ -363,36 +460,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _named_destination(name: str, entry: DestinationEntry, egress_scope: str) -> DestinationConfig:
-    where = f"[destinations.{name}] in RELAY_CONFIG"
-    url = entry.url or (DEFAULT_SERVOKI_URL if entry.kind == "servoki" else None)
-    if not url:
-        raise ConfigError(f'{where} needs url = "https://…": DataLook hosts are per account')
-    if entry.api_key_env:
-        raw = os.environ.get(entry.api_key_env)
-        if not raw:
-            raise ConfigError(f"{where} reads its key from ${entry.api_key_env}, which is not set")
-    elif entry.api_key_file:
-        try:
-            raw = entry.api_key_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{where} reads its key from {entry.api_key_file}, which cannot be read: "
-                f"{exc.strerror}"
-            ) from None
-    else:
-        raise ConfigError(
-            f"{where} needs api_key_env or api_key_file: keys stay out of config files"
-        )
-    return DestinationConfig(
-        name=name,
-        kind=entry.kind,
-        url=_checked_url(url, f"url of {where}"),
-        url_setting=f"url of {where}",
-        api_key=_checked_key(entry.kind, SecretStr(raw), f"the key of {where}"),
-        site=entry.site,
-        rate_limit=entry.rate_limit or DEFAULT_RATE_LIMITS[entry.kind],
-        egress_scope=egress_scope,
-    )

@@ -2,26 +2,40 @@
 
 A destination answers four questions: is this payload valid (``prepare``), what request
 carries it (``build_request``), what does a response mean (``classify``), and which
-rate-limit scopes a request consumes (``limit_scopes``). Nothing else knows an API's details.
+rate-limit scopes a request consumes (``limit_scopes``). Nothing else knows an API's details:
+the class also declares its key shape, default URL and limit, documented success and settings
+of its own, which the settings read through the registry (:mod:`relay.destinations.registry`).
 This module imports no HTTP client: the enqueue path uses ``prepare`` only.
 """
 
 from __future__ import annotations
 
 import email.utils
+import importlib.metadata
 import math
+import re
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from relay import __version__
+from relay.destinations.config import DestinationConfig, Option
 from relay.destinations.outcome import Outcome
 from relay.errors import MISSING, InvalidEvent, show
-from relay.settings import DestinationConfig
 
-USER_AGENT = f"relay/{__version__} (+event relay)"
+
+def _version() -> str:
+    # The installed distribution's version, read without importing the relay package (whose
+    # root imports enqueue, which imports the destinations).
+    try:
+        return importlib.metadata.version("relay")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
+USER_AGENT = f"relay/{_version()} (+event relay)"
 
 
 @dataclass(frozen=True)
@@ -35,12 +49,38 @@ class HttpRequest:
 
 
 class Destination:
-    """Base of the destination modules; subclasses fill in the API's details."""
+    """Base of the destination modules; subclasses fill in the API's details.
+
+    A subclass is made known with :func:`relay.destinations.register`.
+    """
 
     kind: ClassVar[str]
+    """The name of the kind: ``kind = "…"`` in ``[destinations.NAME]``, ``RELAY_<KIND>_*``."""
     path: ClassVar[str]
+    """Appended to the configured base URL for every event."""
     success_status: ClassVar[int]
+    """The documented answer to a delivered event; any other 2xx or 3xx pauses."""
     fields: ClassVar[tuple[str, ...]]
+    """The payload's allowed fields."""
+    key_pattern: ClassVar[re.Pattern[str]]
+    """The documented shape of an API key (the whole key must match)."""
+    key_shape: ClassVar[str]
+    """The shape as messages show it, such as ``dl_live_<key_id>_<secret>``."""
+    key_rule: ClassVar[str] = "a key of at least 8 letters, digits, _ or -"
+    """What ``key_pattern`` asks for, in words."""
+    default_url: ClassVar[str | None] = None
+    """The API's base URL when it is the same for every account (None: it must be set)."""
+    url_required: ClassVar[str] = "copy the API's base URL from its dashboard"
+    """Why a URL must be configured and where to find it (when there is no default)."""
+    default_rate_limit: ClassVar[str]
+    """The documented limit, such as ``"600/60s"``."""
+    options: ClassVar[tuple[Option, ...]] = ()
+    """Settings of the API's own (read from ``config.options``)."""
+
+    @classmethod
+    def key_is_well_formed(cls, key: str) -> bool:
+        """Whether ``key`` has the documented shape of this API's keys."""
+        return cls.key_pattern.fullmatch(key) is not None
 
     def __init__(self, config: DestinationConfig) -> None:
         self.config = config
@@ -250,6 +290,11 @@ def check_event_id(dest: Destination, event_id: object) -> str:
     ):
         raise dest.invalid("event_id", EVENT_ID_RULE, event_id)
     return event_id
+
+
+def new_event_id() -> str:
+    """A fresh, unique event id (UUID4 hex)."""
+    return uuid.uuid4().hex
 
 
 def is_finite(value: int | float) -> bool:

@@ -18,8 +18,9 @@ from relay.destinations.base import (
     check_event_id,
     is_finite,
     is_unicode,
+    new_event_id,
 )
-from relay.destinations.servoki import new_event_id
+from relay.destinations.registry import register
 from relay.errors import MISSING
 
 # dl_live_<key_id>_<secret>: the key id has no "_", the secret may. A secret under 8 characters
@@ -30,10 +31,18 @@ EVENT_NAMES = ("pageview", "click", "success", "custom")
 PII_KEY = re.compile(r"email|phone|password|ssn", re.IGNORECASE)
 
 
+@register
 class DataLook(Destination):
     kind = "datalook"
     path = "/event"
     success_status = 204
+    key_pattern = KEY_PATTERN
+    key_shape = "dl_live_<key_id>_<secret>"
+    # A shorter secret is a key cut short when copied; it would also be too short to redact
+    # from texts without masking ordinary words.
+    key_rule = "a key id of letters and digits and a secret of at least 8 letters, digits, _ or -"
+    url_required = "DataLook hosts are per account; copy the base URL from the DataLook dashboard"
+    default_rate_limit = "500/10s"
     fields = (
         "event_name",
         "page_path",

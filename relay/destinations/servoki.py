@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from relay.destinations.base import Destination, check_event_id
+from relay.destinations.base import Destination, check_event_id, new_event_id
+from relay.destinations.config import Option
 from relay.destinations.iso4217 import CURRENCY_CODES
+from relay.destinations.registry import register
 from relay.errors import MISSING
 
 KEY_PATTERN = re.compile(r"servoki_[A-Za-z0-9_\-]{8,}")
@@ -24,10 +26,24 @@ _SITE_CODE = re.compile(r"[0-9]{1,20}")
 _MAX_SAFE_INT = 2**53 - 1
 
 
+@register
 class Servoki(Destination):
     kind = "servoki"
     path = "/api/events/server"
     success_status = 202
+    key_pattern = KEY_PATTERN
+    key_shape = "servoki_<key>"
+    default_url = "https://servoki.com"
+    url_required = "the Servoki API's base URL, such as https://servoki.com"
+    default_rate_limit = "600/60s"
+    options = (
+        # Used when an event has no site (RELAY_SERVOKI_SITE, site in a [destinations.NAME]).
+        Option("site"),
+        # Servoki counts per egress IP: "global" (every host behind one NAT, the default),
+        # "host" (each host its own IP), or any label naming an IP that a group of hosts
+        # shares. One value for every Servoki destination: RELAY_SERVOKI_EGRESS_SCOPE.
+        Option("egress_scope", "global", pattern=r"^[A-Za-z0-9_.:\-]+$", per_destination=False),
+    )
     fields = (
         "site",
         "event_type",
@@ -45,8 +61,9 @@ class Servoki(Destination):
     ) -> tuple[str, dict[str, Any]]:
         self.reject_unknown_fields(payload)
         body = dict(payload)
-        if "site" not in body and self.config.site is not None:
-            body["site"] = self.config.site
+        site = self.config.options.get("site")
+        if "site" not in body and site is not None:
+            body["site"] = site
         self._site(body.get("site", MISSING))
         self.string(body, "event_type", required=True)
         self.string(body, "vid")
@@ -72,7 +89,7 @@ class Servoki(Destination):
 
     def limit_scopes(self) -> tuple[str, ...]:
         """One bucket per egress IP: ``global`` (one NAT), ``host``, or a label hosts share."""
-        scope = self.config.egress_scope
+        scope = self.config.options.get("egress_scope", "global")
         if scope == "host":
             scope = f"host:{socket.gethostname()}"
         return (f"servoki:ip:{scope}",)
@@ -173,10 +190,3 @@ def utc_timestamp(when: datetime) -> str:
         f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
         f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
     )
-
-
-def new_event_id() -> str:
-    """A fresh, unique event id (UUID4 hex)."""
-    import uuid
-
-    return uuid.uuid4().hex

@@ -20,17 +20,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
+from relay.destinations import Destination
+from relay.destinations.rates import RateLimit
 from relay.errors import ConfigError, LimiterUnavailable
 from relay.keys import Keys, lua
 from relay.limiter.base import Clearance, Grant, Ticket
-from relay.limiter.budget import Budget, RateLimit, plan
-
-if TYPE_CHECKING:
-    from relay.destinations import Destination
+from relay.limiter.budget import Budget, plan
 
 log = logging.getLogger("relay.limits")
 

@@ -15,37 +15,16 @@ between rounds, at most 5 % of ``L``): every request of burst is one less reques
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
+
+from relay.destinations.rates import RateLimit
+
+__all__ = ["BURST_SECONDS", "SLACK", "Budget", "RateLimit", "plan"]
 
 SLACK = 1
 """One request of margin for rounding (slots are whole microseconds, windows are closed)."""
 BURST_SECONDS = 0.05
 """The capacity covers this much time at full rate: the gap between two dispatch rounds."""
-
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)\s*s?\s*$")
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """A documented limit: at most ``limit`` requests in any sliding window of ``window`` s."""
-
-    limit: int
-    window: float
-
-    @classmethod
-    def parse(cls, text: str) -> RateLimit:
-        """Parse ``"600/60s"``, ``"500/10s"`` or ``"50/0.5s"``; raise ValueError otherwise."""
-        match = _LIMIT.match(text)
-        if match is None:
-            raise ValueError(f'a rate limit looks like "600/60s" (requests/window), got {text!r}')
-        limit, window = int(match.group(1)), float(match.group(2))
-        if limit < 1 or window <= 0:
-            raise ValueError(f"a rate limit needs >= 1 request and a window > 0, got {text!r}")
-        return cls(limit, window)
-
-    def __str__(self) -> str:
-        return f"{self.limit}/{self.window:g}s"
 
 
 @dataclass(frozen=True)
@@ -96,13 +75,11 @@ def plan(limit: RateLimit, jitter: float) -> Budget:
     """The bucket for ``limit`` when arrivals may jitter up to ``jitter`` s after their slot."""
     if jitter < 0:
         raise ValueError(f"the jitter margin must be >= 0 s, got {jitter}")
+    limit.check_paceable()
     span = limit.window + jitter
     capacity = 1 + math.ceil((limit.limit - 1 - SLACK) / span * BURST_SECONDS)
+    # Under 40 requests the capacity is 1, so L - 1 - SLACK > 0 from PACEABLE_MINIMUM (3) on;
+    # from 40 on it is at most L/20, which always leaves a positive rate.
     capacity = max(1, min(capacity, limit.limit // 20))
     rate = (limit.limit - capacity - SLACK) / span
-    if rate <= 0:
-        raise ValueError(
-            f"rate limit {limit} is too small to pace safely: it needs at least "
-            f"{capacity + SLACK + 1} requests per window"
-        )
     return Budget(limit, jitter, capacity, rate)

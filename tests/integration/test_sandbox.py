@@ -411,5 +411,5 @@ def test_subprocess_lifecycle() -> None:
 def test_subprocess_exit_code_and_start_failure() -> None:
     process = SandboxProcess().start()
     assert process.stop() == 0
-    with pytest.raises(SandboxStartError, match="rate limit must look like"):
+    with pytest.raises(SandboxStartError, match="a rate limit looks like"):
         SandboxProcess(servoki_limit="garbage").start()

@@ -24,40 +24,21 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
+# The relay's own limit value (re-exported: the sandbox's modules and tests import it here).
+from relay.destinations.rates import RateLimit as RateLimit
+
 Api = Literal["servoki", "datalook"]
 APIS: Final[tuple[Api, ...]] = ("servoki", "datalook")
 
 DEFAULT_SITES: Final[frozenset[str]] = frozenset({"example.com", "shop.example.com", "12345"})
-
-_LIMIT_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)\s*s?\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    """At most ``limit`` requests per sliding window of ``window_s`` seconds."""
-
-    limit: int
-    window_s: float
-
-    @classmethod
-    def parse(cls, text: str) -> RateLimit:
-        """Parse ``"600/60s"``, ``"500/10s"`` or ``"50/0.5s"``; raise ValueError otherwise."""
-        match = _LIMIT_RE.match(text)
-        if match is None:
-            raise ValueError(f'rate limit must look like "600/60s" (N/Ws), got {text!r}')
-        limit, window_s = int(match.group(1)), float(match.group(2))
-        if limit < 1 or window_s <= 0:
-            raise ValueError(f"rate limit needs N >= 1 and W > 0, got {text!r}")
-        return cls(limit, window_s)
-
-    def __str__(self) -> str:
-        return f"{self.limit}/{self.window_s:g}s"
+# The documented limits (shared/api/), which the sandbox enforces unless told otherwise.
+SERVOKI_LIMIT: Final = RateLimit(600, 60.0)
+DATALOOK_LIMIT: Final = RateLimit(500, 10.0)
 
 
 class ScopedWindows:
@@ -67,7 +48,7 @@ class ScopedWindows:
 
     def __init__(self, limit: RateLimit | None, window_s: float) -> None:
         self.limit = limit
-        self.window_s = limit.window_s if limit is not None else window_s
+        self.window_s = limit.window if limit is not None else window_s
         self._arrivals: dict[str, deque[float]] = {}
         self.peak = 0
         self.peak_by_scope: dict[str, int] = {}
@@ -289,8 +270,8 @@ def normalize_site(site: str) -> str:
 class SandboxConfig:
     """What the sandbox accepts; survives ``reset``."""
 
-    servoki_limit: RateLimit | None = RateLimit(600, 60.0)
-    datalook_limit: RateLimit | None = RateLimit(500, 10.0)
+    servoki_limit: RateLimit | None = SERVOKI_LIMIT
+    datalook_limit: RateLimit | None = DATALOOK_LIMIT
     sites: frozenset[str] = DEFAULT_SITES
     seed: int | None = None
 
