@@ -1,34 +1,22 @@
-"""Celery app, settings and beat schedule; settings are read once, here, at the entry point."""
+"""The Celery app, its beat schedule, and the hooks of the worker's main process.
+
+The tasks are in :mod:`tasks.jobs` (``include``d: the worker and beat load it at start); they
+are ``shared_task``s, so neither module imports the other. Settings come from
+:mod:`tasks.environment`, read once at this entry point.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.concurrency import ALIASES, get_implementation
-from celery.signals import (
-    worker_init,
-    worker_process_init,
-    worker_process_shutdown,
-    worker_shutdown,
-    worker_shutting_down,
-)
+from celery.concurrency import ALIASES, get_implementation  # type: ignore[attr-defined]
+from celery.signals import worker_init, worker_process_init, worker_shutdown
 
-from relay.queue import embedded
-from relay.settings import Settings, load_settings
-
-settings: Settings = load_settings()
-settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # beat's schedule lives there
-if settings.embedded_redis:
-    embedded.ensure_running(settings.home)
-if settings.metrics_port is not None:
-    # prometheus-client picks its value store when it is first imported, which happens below
-    # (tasks.jobs → relay.outbox → relay.metrics): every pool child then writes its own file
-    # here and the main process serves their sum.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str((settings.home / "metrics").resolve()))
-    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+from relay.ops import exporter
+from relay.settings import Settings
+from relay.worker.full_redis import FullRedisWatch
+from tasks.environment import settings
 
 
 def broker_url(settings: Settings) -> str:
@@ -71,7 +59,7 @@ app.conf.update(
 
 
 _metrics_server: Any = None
-_full_redis: Any = None
+_full_redis: FullRedisWatch | None = None
 
 
 def refuse_green_pool(pool: Any) -> None:
@@ -94,28 +82,17 @@ def refuse_green_pool(pool: Any) -> None:
         )
 
 
-# Connected first, so it runs before anything else starts (receivers run in this order).
+# Connected first, so it runs before anything else starts (receivers run in this order; the
+# jobs' own receivers connect later, when the worker loads tasks.jobs).
 @worker_init.connect
 def _refuse_green_pools(sender: Any = None, **_: Any) -> None:
     refuse_green_pool(sender.pool_cls)
 
 
 @worker_init.connect
-def _remember_main_process(**_: Any) -> None:
-    # A SIGTERM that ends a pump's round in this process is Celery's too (-P solo).
-    from tasks import jobs
-
-    jobs.worker_started()
-
-
-@worker_init.connect
 def _watch_for_a_full_redis(**_: Any) -> None:
     # On a full Redis beat cannot publish wake-ups and Celery's consumer dies at start (kombu
     # takes a lock with SET NX): drain first, then keep watching from this main process.
-    # Imported here, not at the top: relay.worker loads prometheus-client, which must not be
-    # imported before PROMETHEUS_MULTIPROC_DIR is set above.
-    from relay.worker.full_redis import FullRedisWatch
-
     global _full_redis
     _full_redis = FullRedisWatch(settings)
     _full_redis.relieve()
@@ -128,50 +105,16 @@ def _stop_watching(**_: Any) -> None:
         _full_redis.stop()
 
 
-@worker_shutting_down.connect
-def _end_rounds(**_: Any) -> None:
-    # -P threads: a SIGTERM (or Ctrl-C) to the process ends each running pump after its current
-    # round, as a process-group SIGTERM does in prefork children (sigterm_ends_round); the warm
-    # shutdown then waits for a round, not for the rest of every pump.
-    from tasks import jobs
-
-    jobs.stop_workers()
-
-
-@worker_shutdown.connect
-def _close_workers(**_: Any) -> None:
-    # -P threads and -P solo run tasks in this process (the pool has stopped by now); under
-    # prefork each child closes its own in worker_process_shutdown and this finds none.
-    from tasks import jobs
-
-    jobs.close_workers()
-
-
 @worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     # The main process outlives every pool child: it serves the children's metrics.
     global _metrics_server
     if settings.metrics_port is not None:
-        from relay.ops import exporter as metrics
-
-        metrics.clear_multiprocess_dir()
-        _metrics_server = metrics.serve(settings)
+        exporter.clear_multiprocess_dir()
+        _metrics_server = exporter.serve(settings)
 
 
 @worker_process_init.connect
-def _after_fork(**_: Any) -> None:
-    # Connections made before the fork belong to the parent: each child builds its own.
-    from tasks import jobs
-
-    jobs.reset_workers()
-    if _metrics_server is not None:
-        from relay.ops import exporter as metrics
-
-        metrics.close_in_child(_metrics_server)
-
-
-@worker_process_shutdown.connect
-def _on_child_exit(**_: Any) -> None:
-    from tasks import jobs
-
-    jobs.close_workers()
+def _close_metrics_socket(**_: Any) -> None:
+    # A forked child must not keep the parent's listening socket (see exporter.serve).
+    exporter.close_in_child(_metrics_server)

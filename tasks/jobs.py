@@ -5,6 +5,10 @@ connections and HTTP pool, as if it were a process of its own. Under ``-P thread
 side by side in one process, and one consumer shared between them loses events: one thread's
 ack drops the processing list while another thread's batch is still in it, not yet in the
 outbox. Green pools (gevent, eventlet) are refused at start (see ``tasks.app``).
+
+The tasks are ``shared_task``s: the app (:mod:`tasks.app`) loads this module by name
+(``include``) and this module does not import the app. The Workers' lifecycle follows the
+Celery worker's signals, connected here.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from celery import shared_task
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
+)
+
 from relay.ops.admin import forget_stale_workers
 from relay.outbox import queries as outbox_admin
 from relay.worker.loop import Worker
-from tasks.app import app, settings
+from tasks.environment import settings
 
 log = logging.getLogger("relay.tasks")
 _workers: dict[int, Worker] = {}  # thread ident → that thread's Worker
@@ -110,7 +123,45 @@ def sigterm_ends_round(current: Worker) -> Iterator[None]:
                 signal.raise_signal(signal.SIGTERM)
 
 
-@app.task(name="relay.pump")
+# -- the Celery worker's signals ---------------------------------------------------------
+
+
+@worker_init.connect
+def _remember_main_process(**_: Any) -> None:
+    # A SIGTERM that ends a pump's round in this process is Celery's too (-P solo).
+    worker_started()
+
+
+@worker_shutting_down.connect
+def _end_rounds(**_: Any) -> None:
+    # -P threads: a SIGTERM (or Ctrl-C) to the process ends each running pump after its current
+    # round, as a process-group SIGTERM does in prefork children (sigterm_ends_round); the warm
+    # shutdown then waits for a round, not for the rest of every pump.
+    stop_workers()
+
+
+@worker_shutdown.connect
+def _close_workers(**_: Any) -> None:
+    # -P threads and -P solo run tasks in this process (the pool has stopped by now); under
+    # prefork each child closes its own in worker_process_shutdown and this finds none.
+    close_workers()
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # Connections made before the fork belong to the parent: each child builds its own.
+    reset_workers()
+
+
+@worker_process_shutdown.connect
+def _on_child_exit(**_: Any) -> None:
+    close_workers()
+
+
+# -- the tasks ----------------------------------------------------------------------------
+
+
+@shared_task(name="relay.pump")
 def pump() -> dict[str, int]:
     """Drain and deliver for up to RELAY_PUMP_SECONDS, waking at once for new events."""
     current = worker()
@@ -119,13 +170,13 @@ def pump() -> dict[str, int]:
     return {"delivered": report.delivered, "retried": report.retried, "dead": report.dead}
 
 
-@app.task(name="relay.reap")
+@shared_task(name="relay.reap")
 def reap() -> int:
     """Return batches of dead consumers to the queue."""
     return worker().queue.reap()
 
 
-@app.task(name="relay.prune")
+@shared_task(name="relay.prune")
 def prune() -> int:
     """Delete delivered and discarded rows older than RELAY_RETENTION_SECONDS, in batches."""
     current = worker()

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from relay.errors import RelayError
 from relay.ops.admin import Admin
+from relay.outbox.queries import Backlog
 from relay.settings import Settings
 
 log = logging.getLogger("relay.metrics")
@@ -152,13 +153,12 @@ class StateCollector(Collector):
             "Age of the oldest pending event (since enqueue).",
             labels=["destination"],
         )
-        empty = {"pending": 0, "dead": 0, "oldest_pending_age": None}
         for name in sorted(set(admin.destinations) | set(backlog)):
-            row = backlog.get(name, empty)
-            pending.add_metric([name], row["pending"])
-            dead.add_metric([name], row["dead"])
-            if row["oldest_pending_age"] is not None:
-                oldest.add_metric([name], row["oldest_pending_age"])
+            row = backlog.get(name, Backlog())
+            pending.add_metric([name], row.pending)
+            dead.add_metric([name], row.dead)
+            if row.oldest_pending_age is not None:
+                oldest.add_metric([name], row.oldest_pending_age)
         yield pending
         yield dead
         yield oldest
