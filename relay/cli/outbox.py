@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -24,9 +23,9 @@ from relay.cli.output import (
     table,
 )
 from relay.destinations.outcome import truncate
-from relay.errors import EventNotFound
 from relay.ops.admin import Admin
-from relay.outbox import queries as rows
+from relay.ops.reports import Selection
+from relay.outbox.queries import DISCARDABLE, RETRYABLE, Filters
 from relay.outbox.schema import Status
 
 STATUSES = click.Choice([s.value for s in Status])
@@ -58,15 +57,13 @@ def list_(
 ) -> None:
     """Outbox rows, most recently changed first."""
     admin = open_admin(ctx)
-    filters = rows.Filters(
+    filters = Filters(
         statuses=[status] if status else [],
         destination=destination,
         since=since(since_),
         reason=reason,
     )
-    admin.check_destination(destination)
-    with admin.db_errors():
-        found = rows.list_rows(admin.engine, filters, limit or None)
+    found = admin.list_rows(filters, limit or None)
     if as_json:
         emit_json(admin, found)
         return
@@ -76,13 +73,13 @@ def list_(
     )  # fmt: skip
     for row in found:
         grid.add_row(
-            escape(row["event_id"]),
-            escape(row["destination"]),
-            _status(row["status"]),
-            str(row["attempts"]),
-            str(row["last_status"] or "-"),
-            escape(truncate(row["last_error"] or "", 60).replace("\n", " ")),
-            ago(row["updated_at"]),
+            escape(row.event_id),
+            escape(row.destination),
+            _status(row.status),
+            str(row.attempts),
+            str(row.last_status or "-"),
+            escape(truncate(row.last_error or "", 60).replace("\n", " ")),
+            ago(row.updated_at),
         )
     footer = f"{len(found)} row(s), most recently changed first"
     if limit and len(found) == limit:
@@ -103,54 +100,38 @@ def _status(value: str) -> str:
 def show(ctx: click.Context, event_id: str, destination: str | None, as_json: bool) -> None:
     """One event: its payload, every recorded attempt and its timestamps."""
     admin = open_admin(ctx)
-    admin.check_destination(destination)
-    with admin.db_errors():
-        found = rows.find_rows(admin.engine, [event_id], destination)
-        if not found:
-            raise EventNotFound(_not_found([event_id], destination))
-        if len(found) > 1:
-            names = ", ".join(row.destination for row in found)
-            raise click.UsageError(
-                f"event id {event_id!r} is in {len(found)} destinations ({names}); "
-                "add --destination NAME"
-            )
-        row = found[0]
-        detail: dict[str, Any] = rows.row_dict(row)
-        detail["payload"] = row.payload
-        detail["history"] = rows.attempt_history(admin.engine, row.id)
+    found = admin.events(event_id, destination)
+    if len(found) > 1:
+        names = ", ".join(detail.row.destination for detail in found)
+        raise click.UsageError(
+            f"event id {event_id!r} is in {len(found)} destinations ({names}); "
+            "add --destination NAME"
+        )
+    detail = found[0]
     if as_json:
         emit_json(admin, detail)
         return
-    title = escape(f"{detail['destination']} / {detail['event_id']}")
+    row = detail.row
+    title = escape(f"{row.destination} / {row.event_id}")
     facts = table("field", "value", title=title)
     for field in (
         "status", "attempts", "last_status", "last_error", "reason", "enqueued_at",
         "retried_at", "created_at", "updated_at", "next_attempt_at", "delivered_at",
     ):  # fmt: skip
-        if detail[field] is not None:
-            facts.add_row(
-                field, _status(detail[field]) if field == "status" else str(detail[field])
-            )
+        value = getattr(row, field)
+        if value is not None:
+            facts.add_row(field, _status(value) if field == "status" else str(value))
     history = table("#", "at", "HTTP", "verdict", "detail", title="attempts", right=("#", "HTTP"))
-    for attempt in detail["history"]:
+    for attempt in detail.history:
         history.add_row(
-            str(attempt["attempt"]),
-            attempt["at"],
-            str(attempt["status"] or "-"),
-            attempt["verdict"],
-            escape(truncate(attempt["detail"] or "", 200)),
+            str(attempt.attempt),
+            attempt.at,
+            str(attempt.status or "-"),
+            attempt.verdict,
+            escape(truncate(attempt.detail or "", 200)),
         )
-    payload = Text(json.dumps(detail["payload"], indent=2, ensure_ascii=False))
-    emit(admin, facts, "payload:", payload, history if detail["history"] else "no attempt yet")
-
-
-def _not_found(event_ids: list[str], destination: str | None) -> str:
-    shown = ", ".join(repr(i) for i in event_ids[:5]) + (" …" if len(event_ids) > 5 else "")
-    where = f" for destination {destination}" if destination else ""
-    return (
-        f"no outbox row has event id {shown}{where}; check the id with "
-        "`relay outbox list` (events still in the Redis queue have no row yet)"
-    )
+    payload = Text(json.dumps(detail.payload, indent=2, ensure_ascii=False))
+    emit(admin, facts, "payload:", payload, history if detail.history else "no attempt yet")
 
 
 def _select(
@@ -160,28 +141,13 @@ def _select(
     destination: str | None,
     reason: str | None,
     allowed: tuple[str, ...],
-) -> tuple[list[int] | None, rows.Filters | None, list[dict[str, str]], int]:
-    """(row ids or filters, skipped rows, how many) for retry and discard."""
+) -> Selection:
+    """The rows retry and discard apply to (named events, or --all-dead)."""
     if bool(event_ids) == all_dead:
         raise click.UsageError("name EVENT_IDs or use --all-dead (one of the two)")
     if reason and not all_dead:
         raise click.UsageError("--reason selects among dead rows: use it with --all-dead")
-    admin.check_destination(destination)
-    with admin.db_errors():
-        if all_dead:
-            filters = rows.Filters([Status.DEAD.value], destination, reason=reason)
-            return None, filters, [], rows.count(admin.engine, filters)
-        found = rows.find_rows(admin.engine, event_ids, destination)
-    missing = [i for i in dict.fromkeys(event_ids) if i not in {row.event_id for row in found}]
-    if missing:
-        raise EventNotFound(_not_found(missing, destination))
-    chosen = [row.id for row in found if row.status in allowed]
-    skipped = [
-        {"event_id": row.event_id, "destination": row.destination, "status": row.status}
-        for row in found
-        if row.status not in allowed
-    ]
-    return chosen, None, skipped, len(chosen)
+    return admin.select(event_ids, destination, allowed, all_dead=all_dead, dead_with_reason=reason)
 
 
 def _change(
@@ -195,26 +161,25 @@ def _change(
     as_json: bool,
 ) -> None:
     admin = open_admin(ctx)
-    allowed = rows.RETRYABLE if verb == "retry" else rows.DISCARDABLE
-    ids, filters, skipped, total = _select(admin, event_ids, all_dead, destination, reason, allowed)
+    allowed = RETRYABLE if verb == "retry" else DISCARDABLE
+    selection = _select(admin, event_ids, all_dead, destination, reason, allowed)
+    total = selection.total
     asks = verb == "discard" or all_dead
     if total and asks and not yes:
         what = "dead event(s)" if all_dead else "event(s)"
         scope = f" of {destination}" if destination else ""
         click.confirm(f"{verb} {total} {what}{scope}?", abort=True, err=True)
-    change = rows.retry if verb == "retry" else rows.discard
-    with admin.db_errors(), progress(total, f"{verb}ing") as advance:
-        done = change(admin.engine, ids=ids, filters=filters, progress=advance) if total else 0
+    change = admin.retry if verb == "retry" else admin.discard
+    with progress(total, f"{verb}ing") as advance:
+        done = change(selection, advance) if total else 0
     key = "retried" if verb == "retry" else "discarded"
     # Rows that changed between selection and update, or (discard) that a worker is sending.
     busy = max(0, total - done)
     if as_json:
-        emit_json(admin, {key: done, "skipped": skipped, "left_alone": busy})
+        emit_json(admin, {key: done, "skipped": selection.skipped, "left_alone": busy})
         return
-    for row in skipped:
-        click.echo(
-            f"skipped {row['event_id']} ({row['destination']}): it is {row['status']}", err=True
-        )
+    for row in selection.skipped:
+        click.echo(f"skipped {row.event_id} ({row.destination}): it is {row.status}", err=True)
     if verb == "retry":
         click.echo(
             f"retried {done} event(s): pending again with attempts and age reset; a worker "
@@ -308,16 +273,15 @@ def prune(
         else settings_from(ctx).retention_seconds
     )
     admin = open_admin(ctx)
-    with admin.db_errors():
-        total = rows.count_prunable(admin.engine, seconds)
+    total = admin.prunable(seconds)
     if total and not yes:
         click.confirm(
             f"delete {total} delivered/discarded row(s) older than {age(seconds)}?",
             abort=True,
             err=True,
         )
-    with admin.db_errors(), progress(total, "pruning") as advance:
-        done = rows.prune(admin.engine, seconds, batch=batch_size, progress=advance) if total else 0
+    with progress(total, "pruning") as advance:
+        done = admin.prune(seconds, batch_size, advance) if total else 0
     if as_json:
         emit_json(admin, {"pruned": done})
     else:

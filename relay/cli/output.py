@@ -16,6 +16,7 @@ from rich.table import Table
 
 from relay.cli.base import settings_from
 from relay.ops.admin import Admin
+from relay.ops.reports import plain
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -68,7 +69,8 @@ def ago(iso: str | None) -> str:
 
 
 def emit_json(admin: Admin, data: Any) -> None:
-    click.echo(admin.redact(json.dumps(data, indent=2, ensure_ascii=False)))
+    """Print ``data`` (results, dicts, lists) as indented JSON, through the redaction."""
+    click.echo(admin.redact(json.dumps(plain(data), indent=2, ensure_ascii=False)))
 
 
 def emit(admin: Admin, *renderables: Any) -> None:

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from relay.cli.base import main
 from relay.cli.output import age, ago, emit, emit_json, json_option, open_admin, table
+from relay.ops.admin import Admin
 from relay.queue.memory import FULL_ADVICE
 
 
@@ -41,45 +42,45 @@ def status(ctx: click.Context, alive_within: float, as_json: bool) -> None:
         right=("queued", "pending", "oldest", "delivered", "dead", "drain"),
     )  # fmt: skip
     notes: list[str] = []
-    for name, row in report["destinations"].items():
+    for name, row in report.destinations.items():
         grid.add_row(
-            escape(name if row["configured"] else f"{name} (not configured)"),
-            "?" if row["queued"] is None else str(row["queued"]),
-            str(row["pending"]),
-            age(row["oldest_pending_age"]),
-            str(row["delivered"]),
-            str(row["dead"]),
-            "[yellow]PAUSED[/]" if row["paused"] else "no",
-            row["limit"] or "-",
-            "paused" if row["paused"] else _drain(row["drain_seconds"]),
+            escape(name if row.configured else f"{name} (not configured)"),
+            "?" if row.queued is None else str(row.queued),
+            str(row.pending),
+            age(row.oldest_pending_age),
+            str(row.delivered),
+            str(row.dead),
+            "[yellow]PAUSED[/]" if row.paused else "no",
+            row.limit or "-",
+            "paused" if row.paused else _drain(row.drain_seconds),
         )
-        if row["dead_reasons"]:
-            reasons = escape(", ".join(f"{r}: {n}" for r, n in sorted(row["dead_reasons"].items())))
+        if row.dead_reasons:
+            reasons = escape(", ".join(f"{r}: {n}" for r, n in sorted(row.dead_reasons.items())))
             notes.append(f"[red]{name} dead[/]: {reasons}  (relay outbox list --status dead)")
-        if row["paused"]:
+        if row.paused:
             notes.append(
-                f"[yellow]{name} paused[/] by {row['paused_by']} {ago(row['paused_since'])}: "
-                f"{escape(row['paused_reason'])}  (relay destinations resume {name})"
+                f"[yellow]{name} paused[/] by {row.paused_by} {ago(row.paused_since)}: "
+                f"{escape(row.paused_reason or '')}  (relay destinations resume {name})"
             )
-        if row["discarded"]:
-            notes.append(f"{name}: {row['discarded']} discarded (kept for audit until pruned)")
-    quarantine = report["quarantine"]
-    workers = report["workers"]
-    notes.append(f"queue: {report['queue']} event(s) in Redis")
-    memory = report["redis"]
-    if memory["full"]:
+        if row.discarded:
+            notes.append(f"{name}: {row.discarded} discarded (kept for audit until pruned)")
+    quarantine = report.quarantine
+    workers = report.workers
+    notes.append(f"queue: {report.queue} event(s) in Redis")
+    memory = report.redis
+    if memory.full:
         notes.append(
-            f"[red]Redis is at its memory limit[/] ({memory['used_memory'] / 2**20:.1f} MiB of "
-            f"maxmemory {memory['maxmemory'] / 2**20:.1f} MiB, {memory['maxmemory_policy']}): "
+            f"[red]Redis is at its memory limit[/] ({memory.used_memory / 2**20:.1f} MiB of "
+            f"maxmemory {memory.maxmemory / 2**20:.1f} MiB, {memory.maxmemory_policy}): "
             f"{FULL_ADVICE}"
         )
     notes.append(
-        f"quarantine: {quarantine['length']} item(s) ({quarantine['total']} ever)"
-        + "".join(f"\n  {ago(q['at'])}: {escape(q['reason'])}" for q in quarantine["recent"])
+        f"quarantine: {quarantine.length} item(s) ({quarantine.total} ever)"
+        + "".join(f"\n  {ago(q.at)}: {escape(q.reason)}" for q in quarantine.recent)
     )
-    newest = workers["newest_heartbeat_age"]
+    newest = workers.newest_heartbeat_age
     notes.append(
-        f"workers: {workers['alive']} alive"
+        f"workers: {workers.alive} alive"
         + (f", newest heartbeat {age(newest)} ago" if newest is not None else ", no heartbeat")
     )
     emit(admin, grid, *notes)
@@ -159,6 +160,6 @@ def resume(ctx: click.Context, name: str, as_json: bool) -> None:
         )
 
 
-def _report(admin: Any, as_json: bool, data: dict[str, Any]) -> None:
+def _report(admin: Admin, as_json: bool, data: dict[str, Any]) -> None:
     if as_json:
         emit_json(admin, data)

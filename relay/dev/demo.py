@@ -28,14 +28,14 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import Engine, func, select
 
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.errors import InvalidEvent, RelayError
 from relay.ops.admin import QUEUE_SCAN_CAP, Admin
-from relay.outbox import queries as rows
-from relay.outbox.schema import Status, outbox
+from relay.ops.reports import Selection
+from relay.outbox.queries import Filters
+from relay.outbox.schema import Status
 from relay.queue import embedded
 from relay.settings import Settings
 
@@ -170,7 +170,7 @@ def run_demo(home: Path, console: Console) -> int:
             task = progress.add_task("deliver", total=unique)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                counts, _ = run_counts(admin.engine, prefix)
+                counts = admin.counts(Filters(event_id_prefix=prefix))
                 done = sum(c.get("delivered", 0) + c.get("dead", 0) for c in counts.values())
                 progress.update(task, completed=done)
                 if done >= unique:
@@ -181,7 +181,7 @@ def run_demo(home: Path, console: Console) -> int:
                         f"see {home}/demo-worker.log"
                     )
                 time.sleep(0.2)
-        console.print(summary_table(*run_counts(admin.engine, prefix), events, sandbox.stats()))
+        console.print(summary_table(*run_counts(admin, prefix), events, sandbox.stats()))
         outbox_path = settings.resolved_database_url.removeprefix("sqlite:///")
         console.print(
             f"The demo's events (ids {prefix}…) stay in this relay's outbox, {outbox_path}. "
@@ -234,13 +234,9 @@ def check_home_is_free(admin: Admin, home: Path) -> None:
     sandbox's URLs) would deliver real events to the sandbox, and a real worker would send the
     demo's events to a real API. Leftovers of an earlier demo are fine."""
     busy: list[str] = []
-    with admin.db_errors(), admin.engine.connect() as conn:
-        pending = conn.execute(
-            select(func.count())
-            .select_from(outbox)
-            .where(outbox.c.status == Status.PENDING.value)
-            .where(~outbox.c.event_id.startswith(DEMO_IDS, autoescape=True))
-        ).scalar_one()
+    pending = _pending(admin, Filters([Status.PENDING.value])) - _pending(
+        admin, Filters([Status.PENDING.value], event_id_prefix=DEMO_IDS)
+    )
     if pending:
         busy.append(f"{pending} pending event(s) in its outbox")
     with admin.redis_errors():
@@ -262,6 +258,12 @@ def check_home_is_free(admin: Admin, home: Path) -> None:
         )
 
 
+def _pending(admin: Admin, filters: Filters) -> int:
+    return sum(
+        by_status.get(Status.PENDING.value, 0) for by_status in admin.counts(filters).values()
+    )
+
+
 def _is_demo_item(item: bytes | str) -> bool:
     try:
         event_id = json.loads(item).get("id")
@@ -270,27 +272,11 @@ def _is_demo_item(item: bytes | str) -> bool:
     return isinstance(event_id, str) and event_id.startswith(DEMO_IDS)
 
 
-def run_counts(engine: Engine, prefix: str) -> tuple[Counts, Counts]:
-    """This run's rows by destination and status, and its dead rows by reason."""
-    mine = outbox.c.event_id.startswith(prefix, autoescape=True)
-    counts: Counts = {}
-    reasons: Counts = {}
-    with engine.connect() as conn:
-        for destination, status, count in conn.execute(
-            select(outbox.c.destination, outbox.c.status, func.count())
-            .where(mine)
-            .group_by(outbox.c.destination, outbox.c.status)
-        ):
-            counts.setdefault(destination, {})[status] = count
-        for destination, status, error in conn.execute(
-            select(outbox.c.destination, outbox.c.last_status, outbox.c.last_error).where(
-                mine, outbox.c.status == Status.DEAD.value
-            )
-        ):
-            bucket = reasons.setdefault(destination, {})
-            reason = rows.reason_of(status, error)
-            bucket[reason] = bucket.get(reason, 0) + 1
-    return counts, reasons
+def run_counts(admin: Admin, prefix: str) -> tuple[Counts, Counts]:
+    """This run's rows by destination and status, and its dead rows by reason (the reasons
+    ``relay status`` shows)."""
+    mine = Filters(event_id_prefix=prefix)
+    return admin.counts(mine), admin.dead_reasons(mine)
 
 
 def set_aside(admin: Admin, prefix: str, pushed: list[bytes]) -> int:
@@ -301,15 +287,8 @@ def set_aside(admin: Admin, prefix: str, pushed: list[bytes]) -> int:
         for item in pushed:
             pipe.lrem(admin.keys.queue, 0, item.decode())  # the same bytes: items are UTF-8
         removed = int(sum(pipe.execute()))
-    with admin.db_errors(), admin.engine.connect() as conn:
-        ids = conn.execute(
-            select(outbox.c.id).where(
-                outbox.c.event_id.startswith(prefix, autoescape=True),
-                outbox.c.status == Status.PENDING.value,
-            )
-        ).scalars()
-        pending = list(ids)
-    return removed + (rows.discard(admin.engine, ids=pending) if pending else 0)
+    pending = Filters([Status.PENDING.value], event_id_prefix=prefix)
+    return removed + admin.discard(Selection.where(pending))
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -3,7 +3,8 @@
     budget.py   RateLimit ("600/60s") → Budget (capacity, rate) that cannot exceed it
     bucket.py   RedisLimiter: GCRA buckets in Redis, on Redis's clock, for every worker
 
-The seam the delivery engine calls (``Limiter``, ``Unlimited``) is :mod:`relay.limiter`.
+The seam the delivery engine calls (``Limiter``, its ``Grant`` and ``Ticket``) is
+:mod:`relay.limiter.base`.
 """
 
 from relay.limiter.bucket import LimiterStats, RedisLimiter, budgets_for

@@ -9,14 +9,13 @@ send soon, and each request waits for its own slot::
     clearance = limiter.wait(ticket)                        # sleep until the slot, then check
     if clearance.go: POST … ; on 429: limiter.throttle(scopes, retry_after)
 
-``RedisLimiter`` (:mod:`relay.limits`) keeps the buckets in Redis, timed by Redis's clock and
-shared by every worker on every host; ``Unlimited`` sends at once (tests, sandboxes with limits
-off). A destination declares the scopes a request consumes (``Destination.limit_scopes``).
+``RedisLimiter`` (:mod:`relay.limiter.bucket`) keeps the buckets in Redis, timed by Redis's
+clock and shared by every worker on every host. A destination declares the scopes a request
+consumes (``Destination.limit_scopes``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -88,28 +87,3 @@ class Limiter(Protocol):
 
     def written(self, late: float) -> None:
         """A request was written ``late`` seconds after its slot (for the statistics)."""
-
-
-class Unlimited:
-    """Sends at once: for tests and sandboxes with limits off."""
-
-    late_margin = float("inf")
-
-    def written(self, late: float) -> None:
-        return None
-
-    def reserve(self, scopes: Sequence[str], count: int, horizon: float) -> Grant:
-        now = time.monotonic()
-        return Grant(tuple(Ticket(tuple(scopes), now) for _ in range(count)))
-
-    def refund(self, grant: Grant, unused: int) -> None:
-        return None
-
-    def wait(self, ticket: Ticket) -> Clearance:
-        return Clearance(ticket.at)
-
-    def throttle(self, scopes: Sequence[str], retry_after: float | None) -> float:
-        return 0.0
-
-    def acquire(self, scopes: Sequence[str]) -> None:
-        return None

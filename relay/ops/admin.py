@@ -1,9 +1,11 @@
-"""What operator commands see: the queue, the outbox, pauses and heartbeats, in one place.
+"""What operator commands see and do: the queue, the outbox, pauses and heartbeats, in one place.
 
 :class:`Admin` opens Redis and the outbox lazily and translates their failures into
-:class:`~relay.errors.Unreachable` naming which one (URL without credentials). Everything it
-returns is plain data, ready for a table or ``--json``; texts that could carry a key are
-passed through :meth:`Admin.redact`, which is the destinations' own redaction.
+:class:`~relay.errors.Unreachable` naming which one (URL without credentials). It returns the
+typed results of :mod:`relay.ops.reports` and :mod:`relay.outbox.queries`, ready for a table
+or (through :func:`~relay.ops.reports.plain`) ``--json``; texts that could carry a key are
+passed through :meth:`Admin.redact`, which is the destinations' own redaction. The CLI and
+the metrics exporter read the relay only through it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,16 +22,31 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.destinations import Destination, build_destinations
-from relay.errors import ConfigError, UnknownDestination, Unreachable
+from relay.errors import ConfigError, EventNotFound, UnknownDestination, Unreachable
 from relay.keys import Keys
+from relay.limiter.budget import RateLimit, plan
+from relay.ops.reports import (
+    DestinationStatus,
+    EventDetail,
+    Quarantine,
+    QuarantineEntry,
+    RedisState,
+    Resumed,
+    Selection,
+    Skipped,
+    StatusReport,
+    Workers,
+)
 from relay.outbox import queries as rows
 from relay.outbox.engine import make_engine
-from relay.outbox.migrate import is_current, upgrade
-from relay.outbox.store import Outbox
+from relay.outbox.migrate import ensure_current
+from relay.outbox.queries import Backlog, Filters, OutboxRow, Progress
+from relay.outbox.schema import Status
 from relay.queue import embedded
 from relay.queue.memory import FULL_ADVICE, RedisMemory, redis_memory
+from relay.queue.wire import as_text
 from relay.settings import DestinationConfig, Settings
-from relay.urls import safe_url, scrub
+from relay.urls import describe_error, safe_url
 from relay.worker.pauses import Pauses
 
 QUEUE_SCAN_CAP = 10_000
@@ -78,23 +95,14 @@ class Admin:
             engine = make_engine(self.settings.resolved_database_url, connect_timeout=5)
             try:
                 if self.check_schema:
+                    # The embedded outbox migrates itself, as the worker does.
                     with self.db_errors():
-                        self._ensure_schema(engine)
+                        ensure_current(engine, self.settings.resolved_database_url)
             except BaseException:
                 engine.dispose()
                 raise
             self._engine = engine
         return self._engine
-
-    def _ensure_schema(self, engine: Engine) -> None:
-        if is_current(engine):
-            return
-        if engine.dialect.name == "sqlite":
-            upgrade(engine)  # the embedded outbox migrates itself, as the worker does
-            return
-        raise ConfigError(
-            f"{self.database_where} is not at the newest schema: run `relay db upgrade` first"
-        )
 
     @contextlib.contextmanager
     def redis_errors(self) -> Iterator[None]:
@@ -108,16 +116,14 @@ class Admin:
         try:
             yield
         except SQLAlchemyError as exc:
-            cause: BaseException = getattr(exc, "orig", None) or exc
-            raise Unreachable(
-                f"{self.database_where} does not answer: {self._reason(cause)}"
-            ) from exc
+            reason = self._reason(exc)
+            raise Unreachable(f"{self.database_where} does not answer: {reason}") from exc
 
     def _reason(self, exc: BaseException) -> str:
         """``ErrorClass: first line`` of ``exc``, without any URL credential or key."""
-        first = (str(exc).strip().splitlines() or [""])[0]
         urls = (self.settings.resolved_redis_url, self.settings.resolved_database_url)
-        return self.redact(f"{type(exc).__name__}: {scrub(first, *urls)}")[:300]
+        # Cut after the keys are masked: a key cut in half would no longer be found.
+        return self.redact(describe_error(exc, *urls, limit=None))[:300]
 
     def close(self) -> None:
         if self._redis is not None:
@@ -158,7 +164,7 @@ class Admin:
         with self.redis_errors():
             return int(self.redis.llen(self.keys.quarantine))
 
-    def quarantine(self, recent: int = 5) -> dict[str, Any]:
+    def quarantine(self, recent: int = 5) -> Quarantine:
         """Quarantined items: how many, how many ever, and the newest reasons (not the items)."""
         with self.redis_errors():
             pipe = self.redis.pipeline(transaction=False)  # MULTI fails on a full Redis
@@ -166,15 +172,15 @@ class Admin:
             pipe.get(self.keys.quarantined_total)
             pipe.lrange(self.keys.quarantine, 0, recent - 1)
             length, total, newest = pipe.execute()
-        entries: list[dict[str, str | None]] = []
+        entries: list[QuarantineEntry] = []
         for raw in newest:
             try:
                 entry = json.loads(raw)
                 at = datetime.fromtimestamp(float(entry.get("at", 0)), UTC).isoformat()
-                entries.append({"reason": self.redact(str(entry.get("reason"))), "at": at})
+                entries.append(QuarantineEntry(self.redact(str(entry.get("reason"))), at))
             except (ValueError, TypeError):
-                entries.append({"reason": "unreadable quarantine entry", "at": None})
-        return {"length": int(length), "total": int(total or 0), "recent": entries}
+                entries.append(QuarantineEntry("unreadable quarantine entry", None))
+        return Quarantine(int(length), int(total or 0), entries)
 
     def queued_by_destination(self) -> dict[str, int] | None:
         """Queue items per destination, or None when the queue is too long to read whole."""
@@ -202,13 +208,13 @@ class Admin:
         with self.redis_errors():
             Pauses(self.redis, self.keys).pause(name, reason, by="operator")
 
-    def resume(self, name: str) -> tuple[bool, int]:
-        """Resume ``name``; (whether it was paused, how many waiting events are due now)."""
+    def resume(self, name: str) -> Resumed:
+        """Resume ``name``: whether it was paused, how many waiting events are due now."""
         self.check_destination(name, configured=True)
         with self.redis_errors():
             was_paused = Pauses(self.redis, self.keys).resume(name)
         with self.db_errors():
-            return was_paused, rows.make_due(self.engine, name)
+            return Resumed(was_paused, rows.make_due(self.engine, name))
 
     def heartbeats(self) -> dict[str, float]:
         """Worker id → unix time of its last heartbeat."""
@@ -217,7 +223,7 @@ class Admin:
         beats: dict[str, float] = {}
         for worker, value in raw.items():
             with contextlib.suppress(ValueError):
-                beats[_text(worker)] = float(value)
+                beats[as_text(worker)] = float(value)
         return beats
 
     @staticmethod
@@ -226,32 +232,32 @@ class Admin:
 
     # -- outbox state ---------------------------------------------------------------------
 
-    def backlog(self) -> dict[str, dict[str, Any]]:
+    def backlog(self) -> dict[str, Backlog]:
         with self.db_errors():
             return rows.backlog(self.engine)
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    def counts(self, filters: Filters | None = None) -> dict[str, dict[str, int]]:
+        """Rows (those matching ``filters``) by destination and status."""
         with self.db_errors():
-            return Outbox(self.engine).counts()
+            return rows.status_counts(self.engine, filters)
 
-    def dead_reasons(self) -> dict[str, dict[str, int]]:
+    def dead_reasons(self, filters: Filters | None = None) -> dict[str, dict[str, int]]:
+        """Dead rows (those matching ``filters``) by destination and reason."""
         with self.db_errors():
-            return rows.dead_reasons(self.engine)
+            return rows.dead_reasons(self.engine, filters)
 
     def rate_per_second(self, name: str) -> float | None:
         """The sustained send rate the limiter allows ``name`` (under its documented limit)."""
         config = self.configs.get(name)
         if config is None or not config.rate_limit:
             return None
-        from relay.limiter.budget import RateLimit, plan
-
         try:
             return plan(RateLimit.parse(config.rate_limit), self.settings.limit_jitter).rate
         except ValueError:
             return None
 
-    def status(self, alive_within: float = 60.0) -> dict[str, Any]:
-        """Everything ``relay status`` shows, as plain data."""
+    def status(self, alive_within: float = 60.0) -> StatusReport:
+        """Everything ``relay status`` shows."""
         queue = self.queue_length()
         memory = self.memory()
         queued = self.queued_by_destination()
@@ -262,7 +268,7 @@ class Admin:
         reasons = self.dead_reasons()
         now = time.time()
         names = sorted(set(self.configs) | set(counts) | set(paused) | set(queued or {}))
-        destinations: dict[str, Any] = {}
+        destinations: dict[str, DestinationStatus] = {}
         for name in names:
             by_status = counts.get(name, {})
             pending = by_status.get("pending", 0)
@@ -270,38 +276,116 @@ class Admin:
             rate = self.rate_per_second(name)
             in_queue = None if queued is None else queued.get(name, 0)
             ahead = pending + (in_queue or 0)
-            destinations[name] = {
-                "configured": name in self.configs,
-                "queued": in_queue,
-                "pending": pending,
-                "delivered": by_status.get("delivered", 0),
-                "dead": by_status.get("dead", 0),
-                "discarded": by_status.get("discarded", 0),
-                "oldest_pending_age": backlog.get(name, {}).get("oldest_pending_age"),
-                "dead_reasons": reasons.get(name, {}),
-                "paused": record is not None,
-                "paused_reason": self.redact(str(record.get("reason"))) if record else None,
-                "paused_by": record.get("by") if record else None,
-                "paused_since": _iso_ts(record.get("since")) if record else None,
-                "limit": self.configs[name].rate_limit if name in self.configs else None,
-                "rate_per_second": round(rate, 3) if rate else None,
-                "drain_seconds": round(ahead / rate, 1) if rate and not record else None,
-            }
-        return {
-            "queue": queue,
-            "redis": {
-                "used_memory": memory.used,
-                "maxmemory": memory.maxmemory,
-                "maxmemory_policy": memory.policy,
-                "full": memory.full,
-            },
-            "quarantine": self.quarantine(),
-            "workers": {
-                "alive": sum(1 for at in beats.values() if now - at <= alive_within),
-                "newest_heartbeat_age": round(now - max(beats.values()), 1) if beats else None,
-            },
-            "destinations": destinations,
-        }
+            destinations[name] = DestinationStatus(
+                configured=name in self.configs,
+                queued=in_queue,
+                pending=pending,
+                delivered=by_status.get("delivered", 0),
+                dead=by_status.get("dead", 0),
+                discarded=by_status.get("discarded", 0),
+                oldest_pending_age=backlog.get(name, Backlog()).oldest_pending_age,
+                dead_reasons=reasons.get(name, {}),
+                paused=record is not None,
+                paused_reason=self.redact(str(record.get("reason"))) if record else None,
+                paused_by=record.get("by") if record else None,
+                paused_since=_iso_ts(record.get("since")) if record else None,
+                limit=self.configs[name].rate_limit if name in self.configs else None,
+                rate_per_second=round(rate, 3) if rate else None,
+                drain_seconds=round(ahead / rate, 1) if rate and not record else None,
+            )
+        return StatusReport(
+            queue=queue,
+            redis=RedisState(
+                used_memory=memory.used,
+                maxmemory=memory.maxmemory,
+                maxmemory_policy=memory.policy,
+                full=memory.full,
+            ),
+            quarantine=self.quarantine(),
+            workers=Workers(
+                alive=sum(1 for at in beats.values() if now - at <= alive_within),
+                newest_heartbeat_age=round(now - max(beats.values()), 1) if beats else None,
+            ),
+            destinations=destinations,
+        )
+
+    # -- outbox rows ----------------------------------------------------------------------
+
+    def list_rows(self, filters: Filters, limit: int | None) -> list[OutboxRow]:
+        """Rows matching ``filters``, most recently changed first (at most ``limit``)."""
+        self.check_destination(filters.destination)
+        with self.db_errors():
+            return rows.list_rows(self.engine, filters, limit)
+
+    def events(self, event_id: str, destination: str | None) -> list[EventDetail]:
+        """The rows of ``event_id`` (one per destination, or only ``destination``'s) with
+        payload and attempts; EventNotFound when there is none."""
+        self.check_destination(destination)
+        with self.db_errors():
+            found = rows.find_rows(self.engine, [event_id], destination)
+            if not found:
+                raise EventNotFound(not_found([event_id], destination))
+            return [
+                EventDetail(
+                    OutboxRow.of(row), row.payload, rows.attempt_history(self.engine, row.id)
+                )
+                for row in found
+            ]
+
+    def select(
+        self,
+        event_ids: Sequence[str],
+        destination: str | None,
+        allowed: Sequence[str],
+        *,
+        dead_with_reason: str | None = None,
+        all_dead: bool = False,
+    ) -> Selection:
+        """The rows a retry or discard applies to: every dead row (``all_dead``, narrowed by
+        ``destination`` and ``dead_with_reason``), or the named events whose status is in
+        ``allowed`` (the others are skipped); EventNotFound for a named event with no row."""
+        self.check_destination(destination)
+        with self.db_errors():
+            if all_dead:
+                statuses = [Status.DEAD.value]
+                filters = Filters(statuses, destination, reason=dead_with_reason)
+                return Selection(None, filters, [], rows.count(self.engine, filters))
+            found = rows.find_rows(self.engine, event_ids, destination)
+        known = {row.event_id for row in found}
+        missing = [i for i in dict.fromkeys(event_ids) if i not in known]
+        if missing:
+            raise EventNotFound(not_found(missing, destination))
+        chosen = [row.id for row in found if row.status in allowed]
+        skipped = [
+            Skipped(row.event_id, row.destination, row.status)
+            for row in found
+            if row.status not in allowed
+        ]
+        return Selection(chosen, None, skipped, len(chosen))
+
+    def retry(self, selection: Selection, progress: Progress | None = None) -> int:
+        """Put the selected dead (or discarded) rows back to pending; how many."""
+        with self.db_errors():
+            return rows.retry(
+                self.engine, ids=selection.ids, filters=selection.filters, progress=progress
+            )
+
+    def discard(self, selection: Selection, progress: Progress | None = None) -> int:
+        """Mark the selected dead or pending rows discarded (not those being sent); how many."""
+        with self.db_errors():
+            return rows.discard(
+                self.engine, ids=selection.ids, filters=selection.filters, progress=progress
+            )
+
+    def prunable(self, older_than: float) -> int:
+        """How many delivered and discarded rows are unchanged for ``older_than`` seconds."""
+        with self.db_errors():
+            return rows.count_prunable(self.engine, older_than)
+
+    def prune(self, older_than: float, batch: int = 1000, progress: Progress | None = None) -> int:
+        """Delete those rows (and their attempts), in batches of ``batch``; how many."""
+        with self.db_errors():
+            return rows.prune(self.engine, older_than, batch=batch, progress=progress)
 
     def health(self, max_age: float | None) -> str | None:
         """None when Redis and the outbox answer and a worker beat within ``max_age`` s (None:
@@ -347,8 +431,14 @@ def forget_stale_workers(client: redis.Redis, keys: Keys, older_than: float) -> 
     return len(stale)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def not_found(event_ids: Sequence[str], destination: str | None) -> str:
+    """Why ``relay outbox show|retry|discard`` found no row, and how to check the id."""
+    shown = ", ".join(repr(i) for i in event_ids[:5]) + (" …" if len(event_ids) > 5 else "")
+    where = f" for destination {destination}" if destination else ""
+    return (
+        f"no outbox row has event id {shown}{where}; check the id with "
+        "`relay outbox list` (events still in the Redis queue have no row yet)"
+    )
 
 
 def _iso_ts(value: Any) -> str | None:

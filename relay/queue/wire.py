@@ -67,16 +67,27 @@ def parse_items(raw: list[bytes], known: frozenset[str], max_bytes: int) -> Batc
     return batch
 
 
+def strict_json(data: bytes | str) -> Any:
+    """``json.loads`` without Python's extensions: ``NaN`` and ``Infinity`` raise ValueError,
+    as every other text that is not JSON does (neither API, nor the outbox, takes them)."""
+    return json.loads(data, parse_constant=_reject_constant)
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"not JSON: {name} is not a JSON value")
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def as_text(value: bytes | str) -> str:
+    """A Redis reply (bytes, or str from a client that decodes) as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _parse_one(item: bytes, known: frozenset[str], max_bytes: int) -> NewEvent:
     if len(item) > max_bytes:
         raise ValueError(f"item of {len(item)} bytes is over the {max_bytes} byte limit")
     try:
-        data: Any = json.loads(item, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data: Any = strict_json(item)
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, NaN or Infinity
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("not a queue item object")

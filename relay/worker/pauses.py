@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from relay.keys import Keys, lua
+from relay.queue.wire import as_text
 
 log = logging.getLogger("relay.pauses")
 
@@ -40,7 +41,7 @@ class Pauses:
     def all(self) -> dict[str, dict[str, Any]]:
         """Paused destinations → their record (reason, since, probe_at, interval, status)."""
         raw = self.redis.hgetall(self.keys.paused)
-        return {_text(name): json.loads(value) for name, value in raw.items()}
+        return {as_text(name): json.loads(value) for name, value in raw.items()}
 
     def pause(
         self,
@@ -89,7 +90,3 @@ class Pauses:
         # One prober per interval across all workers.
         lock = f"{self.keys.paused}:probe:{name}"
         return bool(self._probe_lock(keys=[lock], args=[max(1, int(record["interval"]))]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -6,13 +6,13 @@ Each failure raises :class:`InvalidBody` whose message names the field and what 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from datetime import datetime
 from typing import Any, Final
 
 from relay.destinations.iso4217 import CURRENCY_CODES as ISO_4217_CODES
+from relay.queue.wire import strict_json
 
 SERVOKI_FIELDS: Final = frozenset(
     {
@@ -50,18 +50,14 @@ class InvalidBody(ValueError):
         self.field = field
 
 
-def _reject_constant(name: str) -> Any:
-    # json.loads accepts NaN and Infinity by default; neither API does.
-    raise InvalidBody("body", f"body is not valid JSON: {name} is not allowed")
-
-
 def decode_object(raw: bytes) -> dict[str, Any]:
     """Decode a request body that must be one JSON object."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = strict_json(raw)
     except ValueError as exc:
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is an integer of more
-        # than 4,300 digits (Python's limit on int parsing).
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so are NaN and Infinity
+        # (json.loads takes them; neither API does) and an integer of more than 4,300 digits
+        # (Python's limit on int parsing).
         raise InvalidBody("body", f"body is not valid JSON: {exc}") from exc
     except RecursionError as exc:  # [[[[… nested deeper than the parser's stack
         raise InvalidBody("body", "body is not valid JSON: nested too deeply") from exc
