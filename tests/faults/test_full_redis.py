@@ -203,13 +203,13 @@ def test_status_and_health_say_when_redis_is_full(
     admin = Admin(settings)
     try:
         assert admin.health(None) is None
-        assert not admin.status()["redis"]["full"]
+        assert not admin.status().redis.full
         over_the_limit(client)
         problem = admin.health(None)
         assert problem is not None and "at its memory limit" in problem
         assert "maxmemory" in problem
         status = admin.status()
-        assert status["redis"]["full"] and status["redis"]["maxmemory"] > 0
+        assert status.redis.full and status.redis.maxmemory > 0
     finally:
         admin.close()
     env = relay_env(settings)
