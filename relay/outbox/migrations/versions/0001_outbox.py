@@ -10,12 +10,15 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from relay.outbox.schema import UTCDateTime
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+# As ``relay.outbox.schema.UTCDateTime`` was at this revision: naive UTC in a plain DateTime
+# column (the conversion to aware datetimes happens in Python, not in the DDL). Inlined so that a
+# later change to schema.py cannot change what this migration creates.
+UTC_DATETIME = sa.DateTime()
 
 
 def upgrade() -> None:
@@ -32,14 +35,14 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+        sa.Column("next_attempt_at", UTC_DATETIME, nullable=False),
         sa.Column("lease_token", sa.String(36), nullable=True),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("enqueued_at", UTCDateTime(), nullable=False),
-        sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.Column("updated_at", UTCDateTime(), nullable=False),
-        sa.Column("delivered_at", UTCDateTime(), nullable=True),
+        sa.Column("enqueued_at", UTC_DATETIME, nullable=False),
+        sa.Column("created_at", UTC_DATETIME, nullable=False),
+        sa.Column("updated_at", UTC_DATETIME, nullable=False),
+        sa.Column("delivered_at", UTC_DATETIME, nullable=True),
         sa.UniqueConstraint("destination", "event_id", name="uq_relay_outbox_destination_event"),
     )
     op.create_index("ix_relay_outbox_due", "relay_outbox", ["status", "next_attempt_at"])

@@ -10,17 +10,20 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from relay.outbox.schema import UTCDateTime
-
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+# As ``relay.outbox.schema.UTCDateTime`` was at this revision: naive UTC in a plain DateTime
+# column (the conversion to aware datetimes happens in Python, not in the DDL). Inlined so that a
+# later change to schema.py cannot change what this migration creates.
+UTC_DATETIME = sa.DateTime()
+
 
 def upgrade() -> None:
     # Nullable, no default: adding it rewrites nothing, on PostgreSQL or SQLite.
-    op.add_column("relay_outbox", sa.Column("retried_at", UTCDateTime(), nullable=True))
+    op.add_column("relay_outbox", sa.Column("retried_at", UTC_DATETIME, nullable=True))
 
 
 def downgrade() -> None:
