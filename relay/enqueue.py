@@ -23,7 +23,7 @@ from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
 from relay.keys import Keys
 from relay.queue import wire
 from relay.settings import Settings, load_settings
-from relay.urls import safe_url, scrub
+from relay.urls import describe_error, safe_url
 
 if TYPE_CHECKING:
     from relay.outbox.fallback import OutboxWriter
@@ -142,9 +142,7 @@ class Enqueuer:
 
     def _fallback(self, items: list[bytes], exc: redis.RedisError) -> None:
         url = self.redis_url
-        redis_cause = (
-            f"Redis at {safe_url(url)} failed: {type(exc).__name__}: {scrub(str(exc), url)}"
-        )
+        redis_cause = f"Redis at {safe_url(url)} failed: {describe_error(exc, url)}"
         try:
             self._outbox_writer().write(items)
         except RelayUnavailable as db_exc:
