@@ -80,9 +80,10 @@ def _kind_fields() -> dict[str, Any]:
         fields[f"{kind}_rate_limit"] = (str, cls.default_rate_limit)
         for option in cls.options:
             kind_type: Any = str if option.default is not None else str | None
+            pattern = None if option.pattern is None else f"^(?:{option.pattern})$"
             fields[f"{kind}_{option.name}"] = (
                 kind_type,
-                Field(default=option.default, pattern=option.pattern),
+                Field(default=option.default, pattern=pattern),
             )
     return fields
 

@@ -42,7 +42,7 @@ class Servoki(Destination):
         # Servoki counts per egress IP: "global" (every host behind one NAT, the default),
         # "host" (each host its own IP), or any label naming an IP that a group of hosts
         # shares. One value for every Servoki destination: RELAY_SERVOKI_EGRESS_SCOPE.
-        Option("egress_scope", "global", pattern=r"^[A-Za-z0-9_.:\-]+$", per_destination=False),
+        Option("egress_scope", "global", pattern=r"[A-Za-z0-9_.:\-]+", per_destination=False),
     )
     fields = (
         "site",
