@@ -158,10 +158,9 @@ class Settings(_KindSettings):
 
     if TYPE_CHECKING:
         # The kinds' fields (servoki_api_key, datalook_url, …) are made from the registry, so
-        # mypy cannot list them: it takes any keyword and any attribute beyond those above.
+        # mypy cannot list them: it takes any keyword. The relay reads them through
+        # destination_configs() and kind_environment(), which mypy checks.
         def __init__(self, **values: Any) -> None: ...
-
-        def __getattr__(self, name: str) -> Any: ...
 
     # -- derived values ---------------------------------------------------------------
 
@@ -219,6 +218,20 @@ class Settings(_KindSettings):
                     f"{', '.join(found) or 'none'}); fix the name or set that destination's key"
                 )
         return found
+
+    def kind_environment(self) -> dict[str, str]:
+        """The ``RELAY_<KIND>_*`` variables that give a child process these kinds' settings.
+
+        Keys are included in clear: pass the result to a process, never print it.
+        """
+        env: dict[str, str] = {}
+        for name in _kind_fields():
+            value = getattr(self, name, None)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[f"RELAY_{name.upper()}"] = str(value)
+        return env
 
     def key_settings(self) -> list[str]:
         """The variables that enable a destination (``RELAY_SERVOKI_API_KEY``, …)."""

@@ -67,16 +67,11 @@ def demo_settings(home: Path, sandbox_url: str) -> Settings:
 def worker_env(settings: Settings) -> dict[str, str]:
     """The environment a worker needs to find the same relay (keys passed, never printed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    assert settings.servoki_api_key and settings.datalook_api_key
+    env.update(settings.kind_environment())
     env.update(
         RELAY_HOME=str(settings.home),
         RELAY_NAMESPACE=settings.namespace,
         RELAY_DATABASE_URL=settings.resolved_database_url,
-        RELAY_SERVOKI_API_KEY=settings.servoki_api_key.get_secret_value(),
-        RELAY_SERVOKI_URL=settings.servoki_url,
-        RELAY_SERVOKI_SITE=settings.servoki_site or "",
-        RELAY_DATALOOK_API_KEY=settings.datalook_api_key.get_secret_value(),
-        RELAY_DATALOOK_URL=settings.datalook_url or "",
         RELAY_PUMP_SECONDS=str(settings.pump_seconds),
         RELAY_BACKOFF_BASE=str(settings.backoff_base),
         RELAY_BACKOFF_CAP=str(settings.backoff_cap),

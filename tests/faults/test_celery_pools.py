@@ -211,7 +211,7 @@ def test_green_pools_are_refused_at_start(
 ) -> None:
     settings = make_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    env = relay_env(settings, CELERY_CUSTOM_WORKER_POOL="tests.test_celery_pools:GreenPool")
+    env = relay_env(settings, CELERY_CUSTOM_WORKER_POOL="tests.faults.test_celery_pools:GreenPool")
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks", *worker_args(settings, "custom", 2)],
         env=env,
