@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+import relay
 from relay.dev.sandbox import SandboxProcess
+from relay.enqueue import Enqueuer
 from relay.outbox.engine import make_engine
 from relay.outbox.migrate import upgrade
 from relay.settings import Settings
+from tests.support.apis import Misbehaving
 from tests.support.services import (
     DATALOOK_KEY,
     SERVOKI_KEY,
@@ -34,6 +39,44 @@ from tests.support.services import (
     Postgres,
     RedisServer,
 )
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No RELAY_* variable from the outer environment, and no stray .env: the working directory
+    is the test's tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("RELAY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def configured() -> Iterator[Callable[..., Enqueuer]]:
+    """relay.configure(...) with a Servoki key; closes the enqueuers at the end."""
+    made: list[Enqueuer] = []
+
+    def configure(**values: Any) -> Enqueuer:
+        values.setdefault("servoki_api_key", SERVOKI_KEY)
+        values.setdefault("servoki_site", "example.com")
+        made.append(relay.configure(Settings(**values)))
+        return made[-1]
+
+    yield configure
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[tuple[str, type[Misbehaving]]]:
+    """A loopback API that answers badly (see Misbehaving); its URL and its handler class."""
+    handler = type("Handler", (Misbehaving,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,12 @@
 """enqueue()'s outbox fallback: it writes only where a relay reads, and keeps its budget.
 
 Redis is made unreachable (a refused port, or no embedded Redis at the home), so every enqueue
-here goes down the fallback path against a real SQLite file or a real PostgreSQL.
+here goes down the fallback path against a real SQLite file or a real PostgreSQL. Where
+there is no outbox to write to (nothing is created): tests/unit/test_fallback_guard.py.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -23,32 +23,7 @@ from relay.outbox.engine import make_engine
 from relay.outbox.migrate import is_current, upgrade
 from relay.outbox.schema import outbox
 from relay.settings import Settings
-from tests.support.services import SERVOKI_KEY
-
-NO_REDIS = "redis://127.0.0.1:9"  # refused at once: the fallback path, without waiting
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("RELAY_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def configured() -> Iterator[Callable[..., Enqueuer]]:
-    """relay.configure(...) with a Servoki key; closes the enqueuer at the end."""
-    made: list[Enqueuer] = []
-
-    def configure(**values: Any) -> Enqueuer:
-        values.setdefault("servoki_api_key", SERVOKI_KEY)
-        values.setdefault("servoki_site", "example.com")
-        made.append(relay.configure(Settings(**values)))
-        return made[-1]
-
-    yield configure
-    for client in made:
-        client.close()
+from tests.support.fallback import NO_REDIS, unavailable
 
 
 def rows(url: str) -> list[str]:
@@ -60,68 +35,7 @@ def rows(url: str) -> list[str]:
         engine.dispose()
 
 
-def unavailable(destination: str = "servoki", event_id: str | None = None) -> str:
-    with pytest.raises(relay.RelayUnavailable) as info:
-        relay.enqueue(destination, {"event_type": "purchase"}, event_id=event_id)
-    return str(info.value)
-
-
 # -- embedded defaults: no relay, no write -------------------------------------------------
-
-
-def test_embedded_defaults_without_a_relay_write_nothing(
-    clean_env: None,
-    configured: Callable[..., Enqueuer],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    """enqueue() from a directory where no relay runs: a clear error, and no fresh outbox."""
-    elsewhere = tmp_path / "web-app"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    configured()  # RELAY_HOME, RELAY_REDIS_URL and RELAY_DATABASE_URL all unset
-    message = unavailable()
-    home = elsewhere / ".relay"
-    assert f"Redis at unix://{home}/redis.sock failed" in message
-    assert f"no outbox at {home}/outbox.db" in message
-    assert "nothing was written" in message
-    assert (
-        f"RELAY_HOME is unset: the relay's home is {home}, relative to the working directory"
-        in (message)
-    )
-    assert "set RELAY_HOME to the relay's home as an absolute path" in message
-    assert "RELAY_REDIS_URL" in message and "RELAY_DATABASE_URL" in message
-    assert list(elsewhere.iterdir()) == []  # no .relay, no outbox.db
-
-    # A relative RELAY_HOME is named as the absolute path it resolved to.
-    monkeypatch.setenv("RELAY_HOME", "relay-home")
-    configured()
-    message = unavailable()
-    assert f"RELAY_HOME is 'relay-home': the relay's home is {elsewhere / 'relay-home'}" in message
-    assert list(elsewhere.iterdir()) == []
-
-
-def test_an_existing_home_without_an_outbox_stays_untouched(
-    clean_env: None, configured: Callable[..., Enqueuer], tmp_path: Path
-) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    configured(home=home)
-    message = unavailable()
-    assert f"no outbox at {home}/outbox.db" in message
-    assert "RELAY_HOME is" not in message  # absolute: nothing to warn about
-    assert list(home.iterdir()) == []
-
-
-def test_a_configured_sqlite_outbox_that_does_not_exist_is_not_created(
-    configured: Callable[..., Enqueuer], tmp_path: Path
-) -> None:
-    url = f"sqlite:///{tmp_path / 'db' / 'outbox.db'}"
-    configured(home=tmp_path / "home", redis_url=NO_REDIS, database_url=url)
-    message = unavailable()
-    assert f"there is no outbox at {tmp_path / 'db' / 'outbox.db'} (RELAY_DATABASE_URL)" in message
-    assert "create it with `relay db upgrade`" in message
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_home_outbox_takes_events_while_its_redis_is_down(

@@ -1,5 +1,6 @@
 """The shared buckets on real Redis: the Lua scripts under concurrency from threads and
-processes, Redis's clock, refunds, 429 pauses, missed slots, and failing closed."""
+processes, Redis's clock, refunds, 429 pauses, missed slots, and failing closed. (Budget maths and
+scope configuration, without Redis: tests/unit/test_budget.py.)"""
 
 from __future__ import annotations
 
@@ -15,29 +16,18 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import given
-from hypothesis import strategies as st
-from pydantic import SecretStr
 
-from relay.destinations import Servoki
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.errors import ConfigError, LimiterUnavailable
+from relay.errors import LimiterUnavailable
 from relay.keys import Keys
 from relay.limiter import RateLimit, RedisLimiter, budgets_for, plan
-from relay.limiter.budget import SLACK
-from relay.settings import DestinationConfig, Settings
+from relay.limiter.base import Grant
+from relay.settings import Settings
 from relay.worker.loop import Worker
-from tests.support.services import SERVOKI_KEY, RedisServer
-
-SCOPE = ("s",)
-DEFAULT_JITTER = Settings.model_fields["limit_jitter"].default
-
-
-def make_limiter(client: redis.Redis, namespace: str, limit: str, **options: Any) -> RedisLimiter:
-    jitter = options.pop("jitter", 0.0)
-    budget = plan(RateLimit.parse(limit), jitter)
-    return RedisLimiter(client, Keys(namespace), {"s": budget}, jitter=jitter, **options)
+from tests.support.limits import SCOPE, make_limiter
+from tests.support.pipeline import enqueue, purchases, rows
+from tests.support.services import RedisServer
 
 
 @pytest.fixture
@@ -58,57 +48,6 @@ def assert_gcra_bound(slots: list[int], interval_us: int, tau_us: int) -> None:
         if j:
             assert slot - j * interval_us + tau_us >= best, f"slot {j} over the bound"
         best = max(best, slot - j * interval_us)
-
-
-# -- budgets ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("text", "target"), [("600/60s", 0.99), ("500/10s", 0.97)])
-def test_default_budgets_reach_their_targets(text: str, target: float) -> None:
-    budget = plan(RateLimit.parse(text), DEFAULT_JITTER)
-    assert budget.utilisation >= target
-    assert budget.worst_window <= budget.limit.limit - SLACK
-
-
-@given(
-    limit=st.integers(min_value=3, max_value=100_000),
-    window=st.floats(min_value=0.01, max_value=3600),
-    jitter=st.floats(min_value=0, max_value=5),
-)
-def test_no_budget_can_exceed_its_limit(limit: int, window: float, jitter: float) -> None:
-    budget = plan(RateLimit(limit, window), jitter)
-    assert budget.capacity >= 1
-    assert budget.worst_window <= limit - SLACK + 1e-9
-
-
-def test_rate_limits_and_egress_scopes_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = {"servoki_api_key": SERVOKI_KEY, "redis_url": "redis://127.0.0.1:9"}
-    with pytest.raises(ConfigError, match="RELAY_SERVOKI_RATE_LIMIT: a rate limit looks like"):
-        Settings(**base, servoki_rate_limit="600 per minute").destination_configs()
-    with pytest.raises(ConfigError, match="too small to pace safely"):
-        Settings(**base, servoki_rate_limit="2/1s").destination_configs()
-    hostname = "web-7"
-    monkeypatch.setattr("socket.gethostname", lambda: hostname)
-    for egress, scope in [
-        ("global", "servoki:ip:global"),
-        ("host", "servoki:ip:host:web-7"),
-        ("nat-eu", "servoki:ip:nat-eu"),
-    ]:
-        config = Settings(**base, servoki_egress_scope=egress).destination_configs()["servoki"]
-        assert Servoki(config).limit_scopes() == (scope,)
-    raised = Settings(**base, servoki_rate_limit="1200/60s").destination_configs()["servoki"]
-    budgets = budgets_for([Servoki(raised)], 0.1)
-    assert budgets["servoki:ip:global"].limit == RateLimit(1200, 60.0)
-
-
-def test_a_shared_scope_takes_the_stricter_limit(caplog: pytest.LogCaptureFixture) -> None:
-    def servoki(name: str, limit: str) -> Servoki:
-        key = SecretStr(SERVOKI_KEY)
-        return Servoki(DestinationConfig(name, "servoki", "https://x", key, rate_limit=limit))
-
-    budgets = budgets_for([servoki("a", "1200/60s"), servoki("b", "600/60s")], 0.1)
-    assert budgets["servoki:ip:global"].limit == RateLimit(600, 60.0)
-    assert "different limits" in caplog.text
 
 
 # -- the Lua scripts ---------------------------------------------------------------------------
@@ -316,7 +255,31 @@ def test_worker_sends_nothing_unmetered_while_the_limiter_is_down(
         server.stop()
 
 
-def test_unknown_scope_is_a_config_error(redis_client: redis.Redis, namespace: str) -> None:
-    limiter = make_limiter(redis_client, namespace, "10/1s")
-    with pytest.raises(ConfigError, match="no rate limit is configured for scope 'nope'"):
-        limiter.reserve(("nope",), 1, 1.0)
+# -- the limiter failing between reserve and send ----------------------------------------------
+
+
+class RefundFails(RedisLimiter):
+    """The real limiter, except that Redis "goes away" when unused slots are handed back."""
+
+    def refund(self, grant: Grant, unused: int) -> None:
+        raise LimiterUnavailable("the limiter's Redis went away (test)")
+
+
+def test_claims_go_back_when_the_limiter_fails_mid_plan(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess
+) -> None:
+    settings = make_settings(datalook_api_key=None)  # servoki's plan is the round's first
+    [event_id] = enqueue(settings, "servoki", purchases(1))
+    worker = Worker(settings)
+    worker.limiter = worker.dispatcher.limiter = RefundFails(
+        worker.redis, worker.keys, worker.build_limiter().budgets
+    )
+    try:
+        worker.drain()
+        with pytest.raises(LimiterUnavailable):
+            worker.dispatch()  # reserves 50 slots, claims 1, the refund of 49 fails
+        row = rows(worker)[event_id]
+    finally:
+        worker.close()
+    assert row.status == "pending" and row.lease_token is None and row.attempts == 0
+    assert sandbox.events("servoki") == []

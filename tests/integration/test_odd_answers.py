@@ -3,12 +3,14 @@
 A body with a NUL byte cannot go into a PostgreSQL text column; one that is not valid UTF-8,
 or megabytes long, must not cost the worker either. Before these fixes a 400 with a NUL in it
 failed the outcome's write, was held as if the database were restarting, and was sent again
-after its lease: a 400 became 25 requests.
+after its lease: a 400 became 25 requests. A body httpx cannot decode (gzip that is not
+gzip) is a retry like a network error, and the round goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +25,8 @@ from relay.outbox.schema import attempts, outbox
 from relay.settings import Settings
 from relay.worker.delivery import UNSTORABLE, Round
 from relay.worker.loop import Worker
+from tests.support.apis import Misbehaving
+from tests.support.pipeline import enqueue, purchases, rows
 
 ANSWERS: dict[str, tuple[int, bytes]] = {
     "nul": (400, b'{"error":"bad value \x00 here","raw":"\xff\xfe\xfd"}'),
@@ -122,3 +126,29 @@ def test_an_outcome_the_database_refuses_is_recorded_without_the_answer(
     assert row.status == "dead" and row.last_status == 400
     assert row.last_error == UNSTORABLE
     assert "recording it without the API's answer" in caplog.text
+
+
+# -- a response httpx cannot read --------------------------------------------------------------
+
+
+def test_an_unreadable_response_is_a_retry_and_the_round_goes_on(
+    make_settings: Callable[..., Settings],
+    misbehaving: tuple[str, type[Misbehaving]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url, handler = misbehaving
+    settings = make_settings(servoki_url=url, max_attempts=2, send_concurrency=2)
+    ids = enqueue(settings, "servoki", purchases(3))
+    worker = Worker(settings)
+    try:
+        with caplog.at_level(logging.ERROR, logger="relay.delivery"):
+            report = worker.flush(max_wait=5)
+        found = rows(worker)
+    finally:
+        worker.close()
+    assert len(handler.seen) == 6  # every event, both attempts: no round was lost
+    assert report.dispatched.dead == 3 and report.dispatched.retried == 3
+    for event_id in ids:
+        error = found[event_id].last_error
+        assert "gave up after 2 attempts" in error and "unexpected error: DecodingError" in error
+    assert "failed unexpectedly" in caplog.text  # logged with its traceback, not swallowed

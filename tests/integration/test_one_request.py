@@ -19,7 +19,6 @@ from sqlalchemy.exc import OperationalError
 from relay.destinations import HttpRequest
 from relay.destinations.outcome import Outcome
 from relay.dev.sandbox import SandboxProcess
-from relay.enqueue import Enqueuer
 from relay.limiter import RedisLimiter
 from relay.ops.admin import Admin
 from relay.outbox.schema import outbox
@@ -28,18 +27,9 @@ from relay.settings import Settings
 from relay.worker.delivery import Round
 from relay.worker.loop import Worker
 from tests.support.faults import start_pump
+from tests.support.pipeline import enqueue, purchases, rows
 
 pytestmark = pytest.mark.slow
-
-
-def enqueue(settings: Settings, destination: str, payloads: list[dict[str, object]]) -> list[str]:
-    enqueuer = Enqueuer(settings)
-    try:
-        ids, items = enqueuer.encode_many(destination, payloads)
-        enqueuer.push(items)
-    finally:
-        enqueuer.close()
-    return ids
 
 
 def statuses(worker: Worker) -> Counter[str]:
@@ -254,3 +244,35 @@ def test_a_request_later_than_its_slot_at_the_first_byte_waits_for_a_fresh_slot(
     assert sandbox.stats()["servoki"]["requests"] == 1  # the late attempt wrote nothing
     assert missed >= 1
     assert len(late) == 1 and 0 <= late[0] <= limiter.late_margin
+
+
+# -- a round that runs late --------------------------------------------------------------------
+
+
+def test_a_slow_round_releases_rows_whose_lease_is_running_out(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess, db_url: str
+) -> None:
+    """One thread, a 0.6 s API and 12 rows claimed: the rows the round reaches after their
+    lease has less than one request's worth left go back unsent instead of out late."""
+    settings = make_settings(
+        lease_seconds=5.0, read_timeout=2.0, send_concurrency=1, dispatch_batch=12
+    )
+    ids = enqueue(settings, "servoki", purchases(12))
+    sandbox.set_faults(latency_ms=600)
+    worker = Worker(settings)
+    try:
+        worker.drain()
+        report = worker.dispatch()
+        assert report.claimed == 12
+        assert 1 <= report.delivered <= 6 and report.held == 12 - report.delivered
+        sent = {e["body"]["event_id"] for e in sandbox.events("servoki")}
+        held = [row for row in rows(worker).values() if row.status == "pending"]
+        assert len(held) == report.held and not {row.event_id for row in held} & sent
+        # Given back as they were: no attempt used, due at once, no lease.
+        assert all(row.attempts == 0 and row.lease_token is None for row in held)
+        sandbox.clear_faults()
+        assert worker.flush(max_wait=5).exit_code == 0
+    finally:
+        worker.close()
+    sent_ids = [e["body"]["event_id"] for e in sandbox.events("servoki")]
+    assert sorted(sent_ids) == sorted(ids)  # every event once

@@ -1,17 +1,26 @@
-"""The outbox on both databases: dedup, leases, lease-guarded outcomes, concurrent claims."""
+"""The outbox on both databases: dedup, leases, lease-guarded outcomes, concurrent claims,
+the migration to 0003, and the operators' retry and discard racing workers."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import select, update
 
+from relay.dev.sandbox import SandboxProcess
+from relay.outbox import queries as outbox_admin
 from relay.outbox.engine import make_engine
 from relay.outbox.queries import dead_reasons
+from relay.outbox.schema import outbox
 from relay.outbox.store import Outbox, utcnow
 from relay.queue.wire import NewEvent
+from relay.settings import Settings
+from relay.worker.loop import Worker
+from tests.support.pipeline import enqueue, purchases, rows
 
 
 @pytest.fixture
@@ -108,7 +117,7 @@ def test_next_due_and_dead_reasons(box: Outbox) -> None:
 def test_migration_0003_keeps_rows_and_goes_both_ways(db_url: str) -> None:
     """An outbox at 0002 with rows in it upgrades in place (retried_at NULL) and back."""
     from alembic import command
-    from sqlalchemy import inspect, select
+    from sqlalchemy import inspect
 
     from relay.outbox.migrate import _config, is_current, upgrade
     from relay.outbox.schema import outbox
@@ -136,3 +145,67 @@ def test_migration_0003_keeps_rows_and_goes_both_ways(db_url: str) -> None:
         [row] = conn.execute(select(outbox)).all()
     engine.dispose()
     assert row.event_id == "old" and row.attempts == 25 and row.retried_at is None
+
+
+# -- operators: retry and discard, racing workers ----------------------------------------------
+
+
+def test_an_operator_retry_gives_a_fresh_age_budget(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess, db_url: str
+) -> None:
+    """An event dead of old age (a long outage) gets its full attempts again when retried,
+    not a single attempt that the age limit ends at once."""
+    settings = make_settings(max_age_seconds=600, max_attempts=3)
+    [event_id] = enqueue(settings, "servoki", purchases(1))
+    worker = Worker(settings)
+    try:
+        worker.drain()
+        with worker.engine.begin() as conn:
+            conn.execute(update(outbox).values(enqueued_at=utcnow() - timedelta(hours=4)))
+        sandbox.set_faults(outage=True)
+        worker.flush(max_wait=5)
+        row = rows(worker)[event_id]
+        assert row.status == "dead" and row.attempts == 1
+        assert "(RELAY_MAX_AGE_SECONDS=600)" in row.last_error
+
+        assert outbox_admin.retry(worker.engine, ids=[row.id]) == 1
+        worker.flush(max_wait=5)
+        row = rows(worker)[event_id]
+        assert row.status == "dead" and row.attempts == 3  # all its attempts, then dead
+        assert "gave up after 3 attempts" in row.last_error
+        assert row.retried_at is not None and row.retried_at > row.enqueued_at
+
+        sandbox.clear_faults()
+        assert outbox_admin.retry(worker.engine, ids=[row.id]) == 1
+        assert worker.flush(max_wait=5).exit_code == 0
+    finally:
+        worker.close()
+
+
+def test_discard_leaves_a_row_being_sent_alone(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess, db_url: str
+) -> None:
+    settings = make_settings()
+    [sending, idle] = enqueue(settings, "servoki", purchases(2))
+    worker = Worker(settings)
+    try:
+        worker.drain()
+        [claim] = worker.outbox.claim_due(1, 60.0, ["servoki"])
+        assert claim.event_id == sending
+        ids = [row.id for row in rows(worker).values()]
+        assert outbox_admin.discard(worker.engine, ids=ids) == 1
+        found = rows(worker)
+        assert found[sending].status == "pending" and found[idle].status == "discarded"
+        # Its send finishes and is recorded as it happened.
+        assert worker.dispatcher.deliver(claim)[1] is True
+        assert rows(worker)[sending].status == "delivered"
+        # A lease that ran out (its worker died) no longer protects the row.
+        with worker.engine.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.event_id == sending)
+                .values(status="pending", lease_token="gone", next_attempt_at=utcnow())
+            )
+        assert outbox_admin.discard(worker.engine, ids=ids) == 1
+    finally:
+        worker.close()

@@ -3,7 +3,9 @@
 Foreign writers (another service pushing to the queue, a bug in an old client) can put items
 on the queue that parse but that the database will not store: a NUL in a PostgreSQL text
 column, an id that is not valid UTF-8. Such an item must not hold its batch, or the batch of
-the next worker the reaper hands it to.
+the next worker the reaper hands it to. Neither may an item with an absurd stamp or JSON that
+is not JSON (NaN, a lone surrogate): the first is taken with its age counted from now, the
+second quarantined.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import redis
 from sqlalchemy import func, select
@@ -19,8 +22,10 @@ from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.keys import Keys
 from relay.outbox.schema import outbox
+from relay.outbox.store import utcnow
 from relay.settings import Settings
 from relay.worker.loop import Worker
+from tests.support.pipeline import rows
 
 
 def foreign_item(event_id_json: str) -> bytes:
@@ -113,3 +118,45 @@ def test_an_outage_is_not_poison(make_settings: Callable[..., Settings], db_url:
         assert worker.redis.llen(worker.keys.quarantine) == 0
     finally:
         worker.close()
+
+
+# -- items a foreign writer got wrong in their stamp or JSON -----------------------------------
+
+
+def test_odd_queue_items_never_block_the_drain(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess, db_url: str
+) -> None:
+    settings = make_settings()
+    good = {"site": "example.com", "event_type": "purchase"}
+
+    def item(event_id: str, stamp: object, payload: object = good) -> bytes:
+        return json.dumps({"v": 1, "d": "servoki", "id": event_id, "t": stamp, "p": payload})
+
+    raw = [
+        item("far-future", 1e20),
+        item("far-past", -1e20),
+        b'{"v":1,"d":"servoki","id":"nan","t":1,"p":{"site":"example.com","value":NaN}}',
+        b'{"v":1,"d":"servoki","id":"surrogate","t":1,"p":{"event_type":"\\ud800"}}',
+        item("plain", 1_700_000_000.5, {**good, "event_id": "plain"}),
+    ]
+    enqueuer = Enqueuer(settings)
+    enqueuer.push([r if isinstance(r, bytes) else r.encode() for r in raw])
+    enqueuer.close()
+    worker = Worker(settings)
+    try:
+        report = worker.drain()
+        found = rows(worker)
+        poison = [
+            json.loads(e)["reason"] for e in worker.redis.lrange(worker.keys.quarantine, 0, -1)
+        ]
+    finally:
+        worker.close()
+    assert report.taken == 5 and report.inserted == 3 and report.quarantined == 2
+    assert set(found) == {"far-future", "far-past", "plain"}
+    now = utcnow()
+    for event_id in ("far-future", "far-past"):  # absurd stamps: the age counts from now
+        assert abs(found[event_id].enqueued_at.replace(tzinfo=now.tzinfo) - now) < timedelta(
+            minutes=1
+        )
+    assert any("NaN is not a JSON value" in r for r in poison)
+    assert any("not valid UTF-8 text" in r for r in poison)

@@ -1,4 +1,5 @@
-"""The sandbox, driven as a real subprocess over real HTTP."""
+"""The sandbox, driven as a real subprocess over real HTTP (its rules without the server:
+tests/unit/test_sandbox_rules.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import httpx
 import pytest
 
 from relay.dev.sandbox import SandboxProcess, SandboxStartError
-from relay.dev.sandbox.state import RateLimit
 
 SERVOKI_KEY = "servoki_test0123456789"
 DATALOOK_KEY = "dl_live_k1_s3cr3t"
@@ -230,15 +230,6 @@ def test_datalook_strips_pii_properties(sandbox: SandboxProcess, client: httpx.C
 
 
 # -- rate limits ----------------------------------------------------------------------------
-
-
-def test_rate_limit_parsing() -> None:
-    assert RateLimit.parse("600/60s") == RateLimit(600, 60.0)
-    assert RateLimit.parse("50/0.5s") == RateLimit(50, 0.5)
-    assert str(RateLimit.parse("500/10s")) == "500/10s"
-    for bad in ("600", "0/1s", "5/0s", "five/1s"):
-        with pytest.raises(ValueError):
-            RateLimit.parse(bad)
 
 
 def test_datalook_429_with_retry_after(sandbox: SandboxProcess, client: httpx.Client) -> None:

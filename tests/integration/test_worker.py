@@ -1,4 +1,5 @@
-"""The worker end to end, on both databases: real Redis, real HTTP to the sandbox."""
+"""The worker end to end, on both databases: real Redis, real HTTP to the sandbox. Also its
+leases (one must outlast a request) and attempts that never finish."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
+from relay.errors import ConfigError
 from relay.outbox.schema import outbox
+from relay.outbox.store import utcnow
 from relay.settings import Settings
 from relay.worker.loop import Worker
+from tests.support.pipeline import enqueue, purchases, rows
 from tests.support.services import DATALOOK_KEY, SECRETS
 
 
@@ -341,3 +345,43 @@ def test_refused_probes_back_off(make_settings: Callable[..., Settings]) -> None
         assert pauses.resume("datalook") and pauses.all() == {}
     finally:
         worker.close()
+
+
+# -- leases and attempts -----------------------------------------------------------------------
+
+
+def test_lease_must_outlast_a_request(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(lease_seconds=4.0, connect_timeout=1.0, read_timeout=2.0)
+    with pytest.raises(ConfigError) as info:
+        Worker(settings)
+    message = str(info.value)
+    assert "RELAY_LEASE_SECONDS (4) must be at least twice" in message
+    assert "RELAY_CONNECT_TIMEOUT + RELAY_READ_TIMEOUT (3)" in message
+
+
+def test_attempts_that_never_finish_still_run_out(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess, db_url: str
+) -> None:
+    """A row whose deliveries kept killing the worker (attempts counted at claim, no outcome
+    ever written) ends dead without another request once its attempts are used up."""
+    settings = make_settings(max_attempts=3)
+    [doomed, fine] = enqueue(settings, "servoki", purchases(2))
+    worker = Worker(settings)
+    try:
+        worker.drain()
+        with worker.engine.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.event_id == doomed)
+                .values(attempts=3, lease_token="crashed", next_attempt_at=utcnow())
+            )
+        report = worker.flush(max_wait=5)
+        found = rows(worker)
+    finally:
+        worker.close()
+    assert report.exit_code == 1 and report.dispatched.dead == 1
+    assert found[doomed].status == "dead" and found[doomed].last_status is None
+    assert "gave up after 3 attempts (RELAY_MAX_ATTEMPTS=3)" in found[doomed].last_error
+    assert "never finished" in found[doomed].last_error
+    assert found[fine].status == "delivered"
+    assert [e["body"]["event_id"] for e in sandbox.events("servoki")] == [fine]

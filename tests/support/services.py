@@ -21,6 +21,9 @@ from relay.settings import Settings
 SERVOKI_KEY = "servoki_testkey0123456789"
 DATALOOK_KEY = "dl_live_k1test_s3cr3tvalue"
 SECRETS = (SERVOKI_KEY, DATALOOK_KEY, "s3cr3tvalue", "testkey0123456789")
+# A DataLook key whose secret holds an underscore: dl_live_<key_id>_<secret>.
+UNDERSCORE_KEY = "dl_live_k7prod_s3cr3t_with_underscore"
+UNDERSCORE_SECRET = "s3cr3t_with_underscore"
 UNMETERED = "100000/1s"
 ROOT = Path(__file__).resolve().parents[2]
 

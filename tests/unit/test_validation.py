@@ -16,20 +16,13 @@ from relay.dev.sandbox.validation import InvalidBody, datalook_event, decode_obj
 from relay.enqueue import Enqueuer
 from relay.errors import InvalidEvent, UnknownDestination
 from relay.settings import Settings
-from tests.support.services import DATALOOK_KEY, SERVOKI_KEY
+from tests.support.payloads import offline_enqueuer
+from tests.support.services import SERVOKI_KEY
 
 
 @pytest.fixture(scope="module")
 def enqueuer() -> Enqueuer:
-    return Enqueuer(
-        Settings(
-            redis_url="redis://127.0.0.1:1",  # never contacted: these tests only encode
-            servoki_api_key=SERVOKI_KEY,
-            servoki_site="example.com",
-            datalook_api_key=DATALOOK_KEY,
-            datalook_url="https://dl.example.com",
-        )
-    )
+    return offline_enqueuer()  # its Redis is never contacted: these tests only encode
 
 
 def body(enqueuer: Enqueuer, destination: str, payload: Any, **kw: Any) -> dict[str, Any]:
