@@ -120,6 +120,37 @@ def realistic_mix(
     return events
 
 
+def wait_delivered(
+    admin: Admin,
+    prefix: str,
+    unique: int,
+    worker: subprocess.Popen[bytes],
+    home: Path,
+    console: Console,
+) -> None:
+    """Show progress until every demo event is delivered or dead (at most two minutes)."""
+    with Progress(
+        TextColumn("delivering"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("deliver", total=unique)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            counts = admin.counts(Filters(event_id_prefix=prefix))
+            done = sum(c.get("delivered", 0) + c.get("dead", 0) for c in counts.values())
+            progress.update(task, completed=done)
+            if done >= unique:
+                return
+            if worker.poll() is not None:
+                raise RelayError(
+                    f"the Celery worker exited ({worker.returncode}); see {home}/demo-worker.log"
+                )
+            time.sleep(0.2)
+
+
 def run_demo(home: Path, console: Console) -> int:
     """Run the demo; return the exit code."""
     home = home.resolve()
@@ -155,27 +186,7 @@ def run_demo(home: Path, console: Console) -> int:
             pushed.append(enqueuer.encode(destination, payload, event_id)[1])
             enqueuer.push(pushed[-1:])
         unique = len({(d, i) for d, _, i in events})
-        with Progress(
-            TextColumn("delivering"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("deliver", total=unique)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                counts = admin.counts(Filters(event_id_prefix=prefix))
-                done = sum(c.get("delivered", 0) + c.get("dead", 0) for c in counts.values())
-                progress.update(task, completed=done)
-                if done >= unique:
-                    break
-                if worker.poll() is not None:
-                    raise RelayError(
-                        f"the Celery worker exited ({worker.returncode}); "
-                        f"see {home}/demo-worker.log"
-                    )
-                time.sleep(0.2)
+        wait_delivered(admin, prefix, unique, worker, home, console)
         console.print(summary_table(*run_counts(admin, prefix), events, sandbox.stats()))
         outbox_path = settings.resolved_database_url.removeprefix("sqlite:///")
         console.print(

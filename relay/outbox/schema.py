@@ -1,5 +1,5 @@
-"""The outbox and attempts tables. Alembic migrations in ``relay/migrations`` create them; keep
-them in step."""
+"""The outbox and attempts tables. The Alembic migrations in ``migrations/`` create them;
+``tests/integration/test_migrations.py`` proves the two agree."""
 
 from __future__ import annotations
 

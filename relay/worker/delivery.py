@@ -131,6 +131,24 @@ class Dispatcher:
     def dispatch_due(self, limit: int) -> DispatchReport:
         """Claim and deliver up to ``limit`` due rows per destination; return what happened."""
         report = DispatchReport()
+        work = self._claim_round(limit, report)
+        report.claimed = len(work)
+        round_ = Round()
+        if self._pool is None or len(work) <= 1:
+            results = [round_.run(self.deliver, *item) for item in work]
+        else:
+            results = list(self._pool.map(lambda item: round_.run(self.deliver, *item), work))
+        if round_.failure is not None:
+            # The outbox (or Redis) failed for good: the worker backs off; unsent rows wait
+            # out their leases, outcomes not written are resent then.
+            raise round_.failure
+        for (claim, _, _), (outcome, recorded) in zip(work, results, strict=True):
+            _tally(report, claim, outcome, recorded)
+        return report
+
+    def _claim_round(self, limit: int, report: DispatchReport) -> list[tuple[Claim, bool, Ticket]]:
+        """This round's work: probes first, then every active destination in turn, each row
+        with its reserved send slot, in slot order."""
         active, probes = self.active_destinations()
         self._turn += 1
         if active:
@@ -148,30 +166,7 @@ class Dispatcher:
                 self.outbox.release(claim, 1.0)
             raise
         work.sort(key=lambda item: item[2].at)
-        report.claimed = len(work)
-        round_ = Round()
-        if self._pool is None or len(work) <= 1:
-            results = [round_.run(self.deliver, *item) for item in work]
-        else:
-            results = list(self._pool.map(lambda item: round_.run(self.deliver, *item), work))
-        if round_.failure is not None:
-            # The outbox (or Redis) failed for good: the worker backs off; unsent rows wait
-            # out their leases, outcomes not written are resent then.
-            raise round_.failure
-        for (claim, _, _), (outcome, recorded) in zip(work, results, strict=True):
-            if outcome is None:
-                report.held += 1
-            elif not recorded:
-                report.lost_leases += 1
-            elif outcome.verdict is Verdict.DELIVERED:
-                report.delivered += 1
-            elif outcome.verdict is Verdict.DEAD:
-                report.dead += 1
-            elif outcome.verdict is Verdict.PAUSE:
-                report.paused.add(claim.destination)
-            else:
-                report.retried += 1
-        return report
+        return work
 
     def _plan(
         self, name: str, want: int, limit: int, report: DispatchReport, *, probe: bool = False
@@ -498,3 +493,19 @@ class Round:
             # every claim counts an attempt, so it ends dead instead of looping.
             log.exception("delivering event_id=%s failed unexpectedly", claim.event_id)
         return None, False
+
+
+def _tally(report: DispatchReport, claim: Claim, outcome: Outcome | None, recorded: bool) -> None:
+    """Count one row's result in the round's report."""
+    if outcome is None:
+        report.held += 1
+    elif not recorded:
+        report.lost_leases += 1
+    elif outcome.verdict is Verdict.DELIVERED:
+        report.delivered += 1
+    elif outcome.verdict is Verdict.DEAD:
+        report.dead += 1
+    elif outcome.verdict is Verdict.PAUSE:
+        report.paused.add(claim.destination)
+    else:
+        report.retried += 1

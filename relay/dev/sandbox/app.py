@@ -176,6 +176,48 @@ async def _trickle(
     return stream
 
 
+async def _injected_fault(
+    request: web.Request, state: SandboxState, api_name: Api, t: float, scope: str
+) -> tuple[web.StreamResponse | None, bool]:
+    """The faults that act before authentication: (an answer that ends the request, or None;
+    whether to drop the answer after the event is processed)."""
+    faults = state.faults
+    if not (faults.active and api_name in faults.apis):
+        return None, False
+    if faults.latency_ms:
+        await asyncio.sleep(faults.latency_ms / 1000)
+    api = state.api(api_name)  # a reset during the sleep replaces the counters
+    if faults.misdirect_status:
+        api.record(t, faults.misdirect_status, scope)
+        return _misdirected(faults.misdirect_status), False
+    rng = state.rng
+    if faults.drop_rate and rng.random() < faults.drop_rate:
+        api.record(t, 0, scope)
+        return _abort(request), False
+    if faults.outage:
+        api.record(t, 503, scope)
+        return _error(503, "service unavailable (sandbox outage)"), False
+    if faults.error_rate and rng.random() < faults.error_rate:
+        api.record(t, faults.error_status, scope)
+        return _error(faults.error_status, "injected error (sandbox fault)"), False
+    return None, bool(faults.drop_after_rate) and rng.random() < faults.drop_after_rate
+
+
+def _limited(state: SandboxState, api_name: Api, t: float, scope: str) -> web.Response | None:
+    """A 429 when a forced-429 fault or the API's own window refuses this request."""
+    api = state.api(api_name)
+    faults = state.faults  # re-read: a control call may have replaced it during latency
+    if faults.force_429 and api_name in faults.apis:
+        faults.force_429 -= 1
+        api.record(t, 429, scope, faults.retry_after)
+        return _too_many(faults.retry_after)
+    retry_after = api.windows.admit(scope, t)
+    if retry_after is not None:
+        api.record(t, 429, scope, retry_after)
+        return _too_many(retry_after)
+    return None
+
+
 def _api_handler(api_name: Api, outcome: _Outcome) -> Callable[[web.Request], Awaitable[Any]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         t, wall = time.monotonic(), time.time()
@@ -199,40 +241,17 @@ def _api_handler(api_name: Api, outcome: _Outcome) -> Callable[[web.Request], Aw
         request: web.Request, api_name: Api, raw: bytes, t: float, wall: float
     ) -> web.StreamResponse:
         state = request.app[STATE]
-        api = state.api(api_name)
         scope, auth_error = _authenticate(api_name, request, state.revoked)
-        faults = state.faults
-        drop_after = False
-        if faults.active and api_name in faults.apis:
-            if faults.latency_ms:
-                await asyncio.sleep(faults.latency_ms / 1000)
-                api = state.api(api_name)  # a reset during the sleep replaces the counters
-            if faults.misdirect_status:
-                api.record(t, faults.misdirect_status, scope)
-                return _misdirected(faults.misdirect_status)
-            rng = state.rng
-            if faults.drop_rate and rng.random() < faults.drop_rate:
-                api.record(t, 0, scope)
-                return _abort(request)
-            if faults.outage:
-                api.record(t, 503, scope)
-                return _error(503, "service unavailable (sandbox outage)")
-            if faults.error_rate and rng.random() < faults.error_rate:
-                api.record(t, faults.error_status, scope)
-                return _error(faults.error_status, "injected error (sandbox fault)")
-            drop_after = bool(faults.drop_after_rate) and rng.random() < faults.drop_after_rate
+        ended, drop_after = await _injected_fault(request, state, api_name, t, scope)
+        if ended is not None:
+            return ended
+        api = state.api(api_name)  # after a latency fault: a reset may have replaced it
         if auth_error is not None:
             api.record(t, 401, scope)
             return _error(401, auth_error)
-        faults = state.faults  # re-read: a control call may have replaced it during latency
-        if faults.force_429 and api_name in faults.apis:
-            faults.force_429 -= 1
-            api.record(t, 429, scope, faults.retry_after)
-            return _too_many(faults.retry_after)
-        retry_after = api.windows.admit(scope, t)
-        if retry_after is not None:
-            api.record(t, 429, scope, retry_after)
-            return _too_many(retry_after)
+        limited = _limited(state, api_name, t, scope)
+        if limited is not None:
+            return limited
         response = outcome(state, raw, t, wall, scope)
         if drop_after:
             # The event was processed but the answer is lost: the case idempotency exists for.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
@@ -199,30 +199,9 @@ class Faults:
         if unknown:
             raise ValueError(f"unknown fault field(s): {', '.join(unknown)}")
         new = Faults(**{name: getattr(self, name) for name in self.__slots__})
-        for name in ("error_rate", "drop_rate", "drop_after_rate"):
+        for name, parse in _FAULT_FIELDS.items():
             if name in payload:
-                setattr(new, name, _share(payload, name))
-        if "error_status" in payload:
-            new.error_status = _whole(payload, "error_status", 400, 599)
-        for name in ("latency_ms", "trickle_ms"):
-            if name in payload:
-                value = payload[name]
-                if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                    raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-                setattr(new, name, float(value))
-        if "misdirect_status" in payload:
-            off = payload["misdirect_status"] == 0 and type(payload["misdirect_status"]) is int
-            new.misdirect_status = 0 if off else _whole(payload, "misdirect_status", 200, 399)
-        if "outage" in payload:
-            if not isinstance(payload["outage"], bool):
-                raise ValueError(f"outage must be true or false, got {payload['outage']!r}")
-            new.outage = payload["outage"]
-        if "force_429" in payload:
-            new.force_429 = _whole(payload, "force_429", 0)
-        if "retry_after" in payload:
-            new.retry_after = _whole(payload, "retry_after", 0)
-        if "apis" in payload:
-            new.apis = _parse_apis(payload["apis"])
+                setattr(new, name, parse(payload, name))
         for name in self.__slots__:
             setattr(self, name, getattr(new, name))
 
@@ -240,6 +219,42 @@ class Faults:
             "misdirect_status": self.misdirect_status,
             "apis": sorted(self.apis),
         }
+
+
+def _milliseconds(payload: Mapping[str, Any], name: str) -> float:
+    value = payload[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _misdirect(payload: Mapping[str, Any], name: str) -> int:
+    off = payload[name] == 0 and type(payload[name]) is int
+    return 0 if off else _whole(payload, name, 200, 399)
+
+
+def _flag(payload: Mapping[str, Any], name: str) -> bool:
+    value = payload[name]
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+_FAULT_FIELDS: Final[dict[str, Callable[[Mapping[str, Any], str], Any]]] = {
+    # Checked in this order: an update with several bad fields names the first.
+    "error_rate": _share,
+    "drop_rate": _share,
+    "drop_after_rate": _share,
+    "error_status": lambda payload, name: _whole(payload, name, 400, 599),
+    "latency_ms": _milliseconds,
+    "trickle_ms": _milliseconds,
+    "misdirect_status": _misdirect,
+    "outage": _flag,
+    "force_429": lambda payload, name: _whole(payload, name, 0),
+    "retry_after": lambda payload, name: _whole(payload, name, 0),
+    "apis": lambda payload, name: _parse_apis(payload[name]),
+}
+"""How each fault field of a control update is checked and read."""
 
 
 def _parse_apis(value: Any) -> frozenset[str]:
