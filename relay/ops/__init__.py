@@ -4,3 +4,7 @@ admin.py      Admin: the operator facade over Redis and the outbox, typed result
 reports.py    the typed results Admin returns (status, event details, selections)
 exporter.py   the Prometheus exporter: the worker's counters and gauges read at each scrape
 """
+
+from relay.ops.admin import Admin
+
+__all__ = ["Admin"]
