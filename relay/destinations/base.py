@@ -62,6 +62,8 @@ class Destination:
     """The documented answer to a delivered event; any other 2xx or 3xx pauses."""
     fields: ClassVar[tuple[str, ...]]
     """The payload's allowed fields."""
+    type_field: ClassVar[str | None] = None
+    """The field that names the event's type (Servoki ``event_type``), if the API has one."""
     key_pattern: ClassVar[re.Pattern[str]]
     """The documented shape of an API key (the whole key must match)."""
     key_shape: ClassVar[str]

@@ -35,6 +35,7 @@ PII_KEY = re.compile(r"email|phone|password|ssn", re.IGNORECASE)
 class DataLook(Destination):
     kind = "datalook"
     path = "/event"
+    type_field = "event_name"
     success_status = 204
     key_pattern = KEY_PATTERN
     key_shape = "dl_live_<key_id>_<secret>"

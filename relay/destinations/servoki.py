@@ -30,6 +30,7 @@ _MAX_SAFE_INT = 2**53 - 1
 class Servoki(Destination):
     kind = "servoki"
     path = "/api/events/server"
+    type_field = "event_type"
     success_status = 202
     key_pattern = KEY_PATTERN
     key_shape = "servoki_<key>"
