@@ -9,6 +9,14 @@ settings as top-level keys plus ``[destinations.NAME]`` tables for more named de
     url = "https://eu.datalook.example"
     api_key_env = "DATALOOK_EU_API_KEY"      # or api_key_file = "/run/secrets/datalook-eu"
 
+``[destination_sets.NAME]`` tables for many destinations of one kind, one per tenant key
+(:mod:`relay.destinations.sets`)::
+
+    [destination_sets.customers]
+    kind = "datalook"
+    url = "https://eu.datalook.example"
+    keys_file = "/run/secrets/customers.toml"  # acme = "dl_live_…", one line per tenant
+
 and ``[retry.NAME]`` tables that give one destination its own retry policy::
 
     [retry.servoki]
@@ -36,10 +44,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, c
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from relay.destinations import KINDS, Destination, DestinationConfig, RateLimit, destination_class
+from relay.destinations.sets import DestinationSet, Tenant, expand, read_key
 from relay.errors import ConfigError
 from relay.urls import safe_url
 
-__all__ = ["DestinationConfig", "DestinationEntry", "RetryEntry", "Settings", "load_settings"]
+__all__ = [
+    "DestinationConfig",
+    "DestinationEntry",
+    "DestinationSet",
+    "RetryEntry",
+    "Settings",
+    "load_settings",
+]
 
 
 class DestinationEntry(BaseModel):
@@ -143,6 +159,7 @@ class Settings(_KindSettings):
     metrics_addr: str = "0.0.0.0"
 
     destinations: dict[str, DestinationEntry] = Field(default_factory=dict)
+    destination_sets: dict[str, DestinationSet] = Field(default_factory=dict)
     retry: dict[str, RetryEntry] = Field(default_factory=dict)
 
     @classmethod
@@ -211,6 +228,10 @@ class Settings(_KindSettings):
         for name, entry in self.destinations.items():
             found[name] = self._named_destination(name, entry)
             self._checked_rate(found[name].rate_limit, f"rate_limit of [destinations.{name}]")
+        for set_name, members in self.destination_sets.items():
+            for tenant in expand(set_name, members):
+                _check_unique(tenant, found)
+                found[tenant.name] = self._tenant_destination(tenant)
         for name in self.retry:
             if name not in found:
                 raise ConfigError(
@@ -292,24 +313,7 @@ class Settings(_KindSettings):
         url = entry.url or cls.default_url
         if not url:
             raise ConfigError(f'{where} needs url = "https://…": {cls.url_required}')
-        if entry.api_key_env:
-            raw = os.environ.get(entry.api_key_env)
-            if not raw:
-                raise ConfigError(
-                    f"{where} reads its key from ${entry.api_key_env}, which is not set"
-                )
-        elif entry.api_key_file:
-            try:
-                raw = entry.api_key_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"{where} reads its key from {entry.api_key_file}, which cannot be read: "
-                    f"{exc.strerror}"
-                ) from None
-        else:
-            raise ConfigError(
-                f"{where} needs api_key_env or api_key_file: keys stay out of config files"
-            )
+        raw = read_key(where, entry.api_key_env, entry.api_key_file)
         return DestinationConfig(
             name=name,
             kind=cls.kind,
@@ -317,6 +321,34 @@ class Settings(_KindSettings):
             url_setting=f"url of {where}",
             api_key=_checked_key(cls, SecretStr(raw), f"the key of {where}"),
             rate_limit=entry.rate_limit or cls.default_rate_limit,
+            options=self._kind_options(cls, extra.get),
+        )
+
+    def _tenant_destination(self, tenant: Tenant) -> DestinationConfig:
+        """One tenant of a ``[destination_sets.NAME]`` table, checked like a named table."""
+        where = tenant.where
+        try:
+            entry = DestinationEntry(**tenant.table)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"{where}: {problems}") from None
+        cls = _table_kind(entry.kind, where)
+        extra = _table_options(entry, cls, where)
+        url = entry.url or cls.default_url
+        if not url:
+            raise ConfigError(f'{where} needs url = "https://…": {cls.url_required}')
+        rate_limit = entry.rate_limit or cls.default_rate_limit
+        return DestinationConfig(
+            name=tenant.name,
+            kind=cls.kind,
+            url=_checked_url(url, f"url of {where}"),
+            url_setting=f"url of {where}",
+            api_key=_checked_key(
+                cls, SecretStr(tenant.key), f"the key of {where} (from {tenant.key_origin})"
+            ),
+            rate_limit=self._checked_rate(rate_limit, f"rate_limit of {where}"),
             options=self._kind_options(cls, extra.get),
         )
 
@@ -385,6 +417,22 @@ def _checked_key(cls: type[Destination], key: SecretStr, setting: str) -> Secret
             f"{cls.key_rule}; copy the key again from the dashboard"
         )
     return key
+
+
+def _check_unique(tenant: Tenant, found: dict[str, DestinationConfig]) -> None:
+    """A tenant's name must be new: two destinations of one name would share one outbox."""
+    other = found.get(tenant.name)
+    if other is None:
+        return
+    if other.url_setting.startswith("url of "):
+        place = other.url_setting.removeprefix("url of ")
+    else:
+        place = f"the {other.kind} destination of RELAY_{other.kind.upper()}_API_KEY"
+    raise ConfigError(
+        f"{tenant.where} is named {tenant.name!r}, like {place}: destination names are unique "
+        "(enqueue() and the outbox know a destination by its name); rename one, or give the "
+        "set a prefix"
+    )
 
 
 def _table_kind(kind: str, where: str) -> type[Destination]:
