@@ -22,6 +22,7 @@ from relay.destinations import Destination, build_destinations
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
 from relay.keys import Keys
 from relay.queue import wire
+from relay.queue.push import ListPusher
 from relay.settings import Settings, load_settings
 from relay.urls import describe_error, safe_url
 
@@ -40,7 +41,10 @@ class Enqueuer:
         self.keys = Keys(settings.namespace)
         self.max_bytes = settings.max_event_bytes
         self.redis_url = settings.resolved_redis_url
+        # The queue's one write goes through a pusher closer to the wire than redis-py's client
+        # (relay/queue/push.py); the client stays for everything else (tests, tools).
         self._redis = redis.Redis.from_url(self.redis_url, **self._timeouts())
+        self._pusher = ListPusher(self.redis_url, self.keys.queue, **self._timeouts())
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
@@ -117,7 +121,7 @@ class Enqueuer:
         if not items:
             return
         try:
-            self._redis.rpush(self.keys.queue, *items)
+            self._pusher.push(items)
         except redis.RedisError as exc:
             self._fallback(items, exc)
 
@@ -165,6 +169,7 @@ class Enqueuer:
             await client.aclose()
 
     def close(self) -> None:
+        self._pusher.close()
         self._redis.close()
         with self._outbox_lock:
             if self._outbox is not None:
