@@ -20,18 +20,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, bindparam, func, insert, select, union_all, update
+from sqlalchemy import Engine, Select, bindparam, func, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from relay.destinations.outcome import truncate
+from relay.outbox.outcomes import Finish
+from relay.outbox.outcomes import write as write_outcomes
 from relay.outbox.queries import status_counts
-from relay.outbox.schema import PENDING, Status, attempts, db_now, outbox
+from relay.outbox.schema import PENDING, Status, db_now, outbox
 from relay.queue.wire import NewEvent
-
-ATTEMPT_DETAIL_LIMIT = 500
-"""Characters of a response or error kept per attempt in the history (the row keeps 2,000)."""
-
 
 Refused = tuple[NewEvent, str]
 """An event the outbox database would not store, and the database's reason."""
@@ -252,26 +249,10 @@ class Outbox:
     def mark_delivered(self, claim: Claim, status: int) -> datetime | None:
         """Mark the row delivered if this claim still holds its lease: the database's time of
         the delivery, or None when a newer claim owns the row (nothing was written)."""
-        return self._finish(
-            claim,
-            ("delivered", status, None),
-            status=Status.DELIVERED.value,
-            last_status=status,
-            last_error=None,
-            delivered_at=db_now(self.dialect),
-            lease_token=None,
-        )
+        return self._finish(Finish.delivered(claim, status))
 
     def mark_dead(self, claim: Claim, status: int | None, detail: str) -> bool:
-        written = self._finish(
-            claim,
-            ("dead", status, detail),
-            status=Status.DEAD.value,
-            last_status=status,
-            last_error=detail,
-            lease_token=None,
-        )
-        return written is not None
+        return self._finish(Finish.dead(claim, status, detail)) is not None
 
     def schedule_retry(
         self,
@@ -283,15 +264,8 @@ class Outbox:
         refund_attempt: bool = False,
     ) -> bool:
         """Leave the row pending, due again ``delay`` seconds from now (the database's now)."""
-        values: dict[str, Any] = {
-            "next_attempt_at": db_now(self.dialect, delay),
-            "last_status": status,
-            "last_error": detail,
-            "lease_token": None,
-        }
-        if refund_attempt:
-            values["attempts"] = outbox.c.attempts - 1
-        return self._finish(claim, ("retry", status, detail), **values) is not None
+        finish = Finish.retry(claim, status, detail, delay, refund_attempt)
+        return self._finish(finish) is not None
 
     def release(
         self, claim: Claim, delay: float, *, refused: tuple[int | None, str] | None = None
@@ -302,54 +276,30 @@ class Outbox:
         kept as the row's last response and in the history; rows given back unsent record
         nothing.
         """
-        values: dict[str, Any] = {
-            "attempts": outbox.c.attempts - 1,
-            "next_attempt_at": db_now(self.dialect, delay),
-            "lease_token": None,
-        }
-        if refused is None:
-            return self._finish(claim, None, **values) is not None
-        status, detail = refused
-        values.update(last_status=status, last_error=detail)
-        return self._finish(claim, ("pause", status, detail), **values) is not None
+        return self._finish(Finish.release(claim, delay, refused)) is not None
 
-    def _finish(
-        self, claim: Claim, attempt: tuple[str, int | None, str | None] | None, **values: Any
-    ) -> datetime | None:
-        """Apply ``values`` only if this claim still holds the lease: the database's time of
+    def finish_many(self, finishes: Sequence[Finish]) -> list[datetime | None]:
+        """Write many claims' outcomes in one transaction (group commit): for each, the
+        database's time of the write, or None when its claim had lost the lease.
+
+        Each row is still guarded by its own lease token (see :mod:`relay.outbox.outcomes`).
+        All or nothing: a failure (an outage, data one outcome carries that the database
+        refuses) writes none of them; write them one by one to keep a refusal to its row.
+        """
+        if not finishes:
+            return []
+        with self.engine.begin() as conn:
+            return write_outcomes(conn, finishes)
+
+    def _finish(self, finish: Finish) -> datetime | None:
+        """Apply one outcome only if its claim still holds the lease: the database's time of
         the write, or None when it did not (nothing was written).
 
-        ``attempt`` (verdict, HTTP status, detail) goes into the attempt history in the same
-        transaction, so the history never shows an outcome the row does not have; it is timed
-        with the row's ``updated_at``, on the database's clock.
+        The attempt goes into the history in the same transaction, so the history never shows
+        an outcome the row does not have; it is timed with the row's ``updated_at``, on the
+        database's clock.
         """
-        statement = (
-            update(outbox)
-            .where(
-                outbox.c.id == claim.id,
-                outbox.c.lease_token == claim.lease_token,
-                outbox.c.status == Status.PENDING.value,
-            )
-            .values(updated_at=db_now(self.dialect), **values)
-            .returning(outbox.c.updated_at)
-        )
-        with self.engine.begin() as conn:
-            now: datetime | None = conn.execute(statement).scalar()
-            if now is None:
-                return None
-            if attempt is not None:
-                verdict, status, detail = attempt
-                conn.execute(
-                    insert(attempts).values(
-                        outbox_id=claim.id,
-                        attempt=claim.attempts,
-                        at=now,
-                        status=status,
-                        verdict=verdict,
-                        detail=truncate(detail, ATTEMPT_DETAIL_LIMIT) if detail else None,
-                    )
-                )
-        return now
+        return self.finish_many([finish])[0]
 
     # -- reading --------------------------------------------------------------------
 
