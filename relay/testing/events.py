@@ -109,6 +109,7 @@ class Events(Sequence[CapturedEvent]):
 
     def by_id(self, event_id: str) -> CapturedEvent:
         """The event with ``event_id``; a failure that lists what was captured if none."""
+        __tracebackhide__ = True  # pytest shows the user's line, not this one
         for event in self._events():
             if event.event_id == event_id:
                 return event
@@ -116,6 +117,7 @@ class Events(Sequence[CapturedEvent]):
 
     def one(self) -> CapturedEvent:
         """The only event here; a failure that lists what was captured if there are 0 or 2+."""
+        __tracebackhide__ = True
         events = self._events()
         if len(events) != 1:
             raise AssertionError(
@@ -154,7 +156,7 @@ class Events(Sequence[CapturedEvent]):
         if not events:
             return f"<no {self._what}>"
         lines = "".join(f"\n  {event}" for event in events)
-        return f"<{len(events)} {self._what}:{lines}>"
+        return f"<{self._what} ({len(events)}):{lines}>"
 
 
 def _has(payload: dict[str, Any], name: str, value: Any) -> bool:
