@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 QUEUE_FORMAT = 1
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -27,8 +29,43 @@ def encode(destination: str, event_id: str, payload: dict[str, Any], at: datetim
     """
     item = {"v": QUEUE_FORMAT, "d": destination, "id": event_id, "t": at.timestamp()}
     item["p"] = payload
+    if _plain(payload):
+        try:
+            return orjson.dumps(item)
+        except orjson.JSONEncodeError:
+            pass  # a big int, a non-str key or a lone surrogate: json.dumps says which
     data = json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return data.encode()
+
+
+_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+_PLAIN_NODES = 10_000
+_INF = float("inf")
+
+
+def _plain(payload: dict[str, Any]) -> bool:
+    """Whether orjson writes ``payload`` as json.dumps would, or raises where it would.
+
+    orjson also writes what json.dumps refuses (NaN and Infinity as null; UUIDs, enums,
+    datetimes, dataclasses), so it gets only dicts, lists and scalars of these exact types, with
+    finite floats; everything else, and a payload over ``_PLAIN_NODES`` values (or a cycle),
+    goes to json.dumps, which accepts or refuses it as it always has.
+    """
+    stack: list[Any] = [payload]
+    budget = _PLAIN_NODES
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is dict:
+            stack.extend(value.values())
+        elif kind is list:
+            stack.extend(value)
+        elif kind not in _PLAIN_SCALARS or (kind is float and not -_INF < value < _INF):
+            return False
+        budget -= 1
+        if not budget:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
