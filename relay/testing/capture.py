@@ -5,6 +5,13 @@ methods (``push``, ``apush``), after ``encode`` has validated and stamped the ev
 replaces those methods, for every enqueuer, with :meth:`Capture.record`, so ``relay.enqueue``,
 ``relay.enqueue_many``, ``relay.aenqueue``, an enqueuer built by ``relay.configure`` and the
 framework helpers in ``relay.contrib`` all validate exactly as in production and write nothing.
+
+A new write path joins by being one more ``Enqueuer`` method after ``encode``, replaced in
+``_writes_recorded_by`` by a call to :meth:`Capture.record`. The transactional ``enqueue`` (the
+caller's SQLAlchemy Session or Connection, or Django's atomic block) records on its
+transaction's commit and drops the events on rollback, as the outbox row would be: its
+replacement hands ``record`` to the enqueuer's own after-commit hook, so this package never
+imports SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -129,6 +136,8 @@ def capture(settings: Settings | None = None, **overrides: Any) -> Iterator[Capt
     ``relay.configure(...)`` inside the block gets the same test defaults under its own
     overrides. On exit the process's enqueuer is the one from before the block.
     """
+    if settings is not None and overrides:
+        raise TypeError("capture() takes settings or overrides, not both")
     events = Capture()
     used = settings if settings is not None else capture_settings(**overrides)
     with _writes_recorded_by(events, overrides):
