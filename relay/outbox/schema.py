@@ -118,8 +118,11 @@ outbox = Table(
     UniqueConstraint("destination", "event_id", name="uq_relay_outbox_destination_event"),
     # `relay outbox show/retry EVENT_ID` without a destination.
     Index("ix_relay_outbox_event_id", "event_id"),
-    # Pruning and listings by age within a status.
-    Index("ix_relay_outbox_status_updated", "status", "updated_at"),
+    # Counts by status and destination, listings by age and the oldest pending event's age,
+    # all from the index alone (``relay status`` at a million rows; migration 0005).
+    Index(
+        "ix_relay_outbox_status_destination", "status", "destination", "updated_at", "enqueued_at"
+    ),
 )
 
 PENDING = outbox.c.status == literal_column(f"'{Status.PENDING.value}'")

@@ -45,7 +45,7 @@ def test_db_upgrade_on_postgres(postgres: Postgres, tmp_path: Path) -> None:
     assert "relay_outbox" in tables.get_table_names()
     assert {ix["name"] for ix in tables.get_indexes("relay_outbox")} >= {
         "ix_relay_outbox_pending_due",
-        "ix_relay_outbox_status_updated",
+        "ix_relay_outbox_status_destination",
     }
     engine.dispose()
 
