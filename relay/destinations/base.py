@@ -13,9 +13,9 @@ from __future__ import annotations
 import email.utils
 import importlib.metadata
 import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -249,19 +249,27 @@ class Destination:
         elif isinstance(value, list | dict):
             if depth > MAX_DEPTH:
                 raise self.invalid(name, f"JSON nested at most {MAX_DEPTH} levels deep", value)
-            if isinstance(value, list):
-                for index, item in enumerate(value):
-                    self.json_value(f"{name}[{index}]", item, depth + 1)
-                return
-            for key, item in value.items():
-                self.key(name, "a JSON object with string keys", key)
-                self.json_value(f"{name}.{key}", item, depth + 1)
+            self._members(name, value, depth)
         else:
             raise self.invalid(
                 name,
                 "a JSON value (null, true/false, a number, a string, a list or an object)",
                 value,
             )
+
+    def _members(self, name: str, value: list[Any] | dict[Any, Any], depth: int) -> None:
+        # A member's name is built only for a member that is not a plain scalar: enqueue() runs
+        # this on every event, and most members are.
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if not is_plain_scalar(item):
+                    self.json_value(f"{name}[{index}]", item, depth + 1)
+            return
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                self.key(name, "a JSON object with string keys", key)
+            if not is_plain_scalar(item):
+                self.json_value(f"{name}.{key}", item, depth + 1)
 
 
 MAX_DEPTH = 32
@@ -296,7 +304,13 @@ def check_event_id(dest: Destination, event_id: object) -> str:
 
 def new_event_id() -> str:
     """A fresh, unique event id (UUID4 hex)."""
-    return uuid.uuid4().hex
+    # uuid.uuid4().hex without building a UUID object (under half the time): 16 random bytes
+    # with RFC 4122's version (4) and variant bits set, as uuid.UUID(version=4) sets them.
+    return "%032x" % (int.from_bytes(os.urandom(16)) & _UUID4_KEEP | _UUID4_SET)
+
+
+_UUID4_KEEP = ~((0xC000 << 48) | (0xF000 << 64)) & (1 << 128) - 1
+_UUID4_SET = (0x8000 << 48) | (0x4000 << 64)
 
 
 def is_finite(value: int | float) -> bool:
@@ -313,11 +327,33 @@ def is_finite(value: int | float) -> bool:
 
 def is_unicode(text: str) -> bool:
     """Whether ``text`` encodes as UTF-8, i.e. holds no lone surrogate (``"\\ud800"``)."""
+    if text.isascii():  # most text, checked without making a copy
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
+
+
+_INF = float("inf")
+_WIDE_INT = 2**1000
+"""Well inside the doubles' range (about 2**1024): an int within it is a finite double."""
+
+
+def is_plain_scalar(value: object) -> bool:
+    """A quick yes for the common JSON scalars that every check accepts: ``None``, a bool, an
+    exact int or finite float well within a double's range, ASCII text. False means "check it"."""
+    if value is None or value is True or value is False:
+        return True
+    kind = type(value)
+    if isinstance(value, str):
+        return kind is str and value.isascii()
+    if isinstance(value, int):
+        return kind is int and -_WIDE_INT < value < _WIDE_INT
+    if isinstance(value, float):
+        return kind is float and -_INF < value < _INF
+    return False
 
 
 def field_name(key: object) -> str:

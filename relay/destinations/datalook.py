@@ -7,6 +7,7 @@ has no such field, so the relay's outbox is the only guard against double counti
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -17,6 +18,7 @@ from relay.destinations.base import (
     Destination,
     check_event_id,
     is_finite,
+    is_plain_scalar,
     is_unicode,
     new_event_id,
 )
@@ -85,18 +87,33 @@ class DataLook(Destination):
             raise self.invalid("properties", "a flat object of string/number/boolean values", value)
         kept: dict[str, Any] = {}
         for key, item in value.items():
-            self.key("properties", "an object with string keys", key)
-            name = f"properties.{key}"
-            if isinstance(item, str):
-                if not is_unicode(item):
-                    raise self.invalid(name, f"a string of {UNICODE_TEXT}", item)
-            elif isinstance(item, bool):
-                pass
-            elif not isinstance(item, int | float) or not is_finite(item):
-                raise self.invalid(name, "a string, finite number or boolean", item)
-            if not PII_KEY.search(key):
+            if type(key) is not str or not key.isascii():
+                self.key("properties", "an object with string keys", key)
+            # A plain scalar passes every branch below: its name is built only for the others.
+            if not is_plain_scalar(item) or item is None:
+                self._property(f"properties.{key}", item)
+            if not _is_pii(key):
                 kept[key] = item
         return kept
+
+    def _property(self, name: str, item: object) -> None:
+        if isinstance(item, str):
+            if not is_unicode(item):
+                raise self.invalid(name, f"a string of {UNICODE_TEXT}", item)
+        elif isinstance(item, bool):
+            pass
+        elif not isinstance(item, int | float) or not is_finite(item):
+            raise self.invalid(name, "a string, finite number or boolean", item)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pii(key: str) -> bool:
+    return PII_KEY.search(key) is not None
+
+
+def _is_pii(key: str) -> bool:
+    """Whether DataLook strips ``key``; remembered for plain str keys (the same few, mostly)."""
+    return _pii(key) if type(key) is str else PII_KEY.search(key) is not None
 
 
 def key_id(api_key: str) -> str:

@@ -6,6 +6,7 @@ Contract: ``shared/api/servoki.txt``. 400 invalid body, 401 bad key, 404 unknown
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 from collections.abc import Mapping
@@ -106,7 +107,7 @@ class Servoki(Destination):
         # different one, i.e. another site; a longer code can be sent as a string.
         if isinstance(site, int) and not isinstance(site, bool) and 0 <= site <= _MAX_SAFE_INT:
             return
-        if isinstance(site, str) and (_DOMAIN.fullmatch(site) or _SITE_CODE.fullmatch(site)):
+        if isinstance(site, str) and _is_site(site):
             return
         raise self.invalid("site", 'a domain such as "shop.example.com" or a numeric code', site)
 
@@ -137,6 +138,19 @@ class Servoki(Destination):
             raise self.invalid(
                 "occurred_at", "a time within the years 0001-9999 in UTC", value
             ) from None
+
+
+def _is_site(site: str) -> bool:
+    """Whether ``site`` is a domain or a numeric code; remembered for plain str sites (most
+    events carry the one configured)."""
+    return _site_shape(site) if type(site) is str else _site_pattern(site)
+
+
+def _site_pattern(site: str) -> bool:
+    return bool(_DOMAIN.fullmatch(site) or _SITE_CODE.fullmatch(site))
+
+
+_site_shape = functools.lru_cache(maxsize=1024)(_site_pattern)
 
 
 OCCURRED_AT_RULE = (
@@ -187,7 +201,12 @@ def utc_timestamp(when: datetime) -> str:
     Raises OverflowError when the time leaves the calendar in UTC (0001-01-01T00:30+01:00).
     """
     utc = when.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
-        f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
+    # %-formatting: under two thirds of the time of an f-string with six format specs.
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
     )
