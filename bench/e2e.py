@@ -130,14 +130,19 @@ def bench_enqueue(env: Env, transport: str, calls: int) -> tuple[list[object], l
     """Two rows: enqueue() vs bare RPUSH (p50/p99 µs); enqueue_many(100) vs RPUSH of 100."""
     settings = env.settings(transport=transport)
     enqueuer = relay.configure(settings)
-    bare = redis.Redis.from_url(settings.resolved_redis_url)
+    # The baseline: redis-py's own RPUSH with enqueue()'s client settings (timeouts, no retries).
+    bare = redis.Redis.from_url(settings.resolved_redis_url, **enqueuer._timeouts())
     bare_key = enqueuer.keys.queue + ":bare"
     events = mixed_events(calls)
     items = [enqueuer.encode(dest, payload)[1] for dest, payload in events]
 
-    warm = min(200, calls)
-    timed_calls([lambda d=d, p=p: relay.enqueue(d, p) for d, p in events[:warm]])
-    timed_calls([lambda i=i: bare.rpush(bare_key, i) for i in items[:warm]])
+    # Both sides warm (connections open, caches filled) before the timed blocks.
+    warm = min(500, calls)
+    alternate(
+        [lambda d=d, p=p: relay.enqueue(d, p) for d, p in events[:warm]],
+        [lambda i=i: bare.rpush(bare_key, i) for i in items[:warm]],
+        BLOCK,
+    )
     relay_times, bare_times = alternate(
         [lambda d=d, p=p: relay.enqueue(d, p) for d, p in events],
         [lambda i=i: bare.rpush(bare_key, i) for i in items],
