@@ -29,6 +29,7 @@ import redis
 from relay.dev.sandbox import SandboxProcess
 from relay.keys import Keys
 from relay.limiter import RateLimit, plan
+from relay.queue.wire import as_text
 from relay.settings import Settings
 from tests.support.faults import stop, wait_for
 from tests.support.fleet import Host, Producer, leased_rows, pending_rows, rate, start_host
@@ -84,13 +85,13 @@ def fleet_client(fleet_settings: Settings) -> Iterator[redis.Redis]:
 
 def consumers_of(client: redis.Redis, keys: Keys, host: str) -> list[str]:
     """The consumer ids of ``host`` that may own a processing list."""
-    members = (m.decode() for m in client.smembers(keys.consumers))
+    members = (as_text(m) for m in client.smembers(keys.consumers))
     return sorted(m for m in members if m.startswith(f"{host}:"))
 
 
 def running_hosts(client: redis.Redis, keys: Keys) -> set[str]:
     """Hosts with a worker that told ``relay status`` it runs (consumer id ``host:pid:…``)."""
-    return {worker.decode().split(":", 1)[0] for worker in client.hkeys(keys.workers)}
+    return {as_text(worker).split(":", 1)[0] for worker in client.hkeys(keys.workers)}
 
 
 def phase_rate(times: list[float], start: float, end: float) -> float:
