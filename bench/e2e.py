@@ -11,7 +11,8 @@ a baseline measured in the same run on the same services; nothing is asserted.
    connections (the outbox fallback) vs a bare single-row INSERT through an engine set up the
    same way, on SQLite and PostgreSQL.
 2. ``Worker.flush()`` of N queued events (half Servoki, half DataLook) vs a bare sync httpx
-   loop posting the same bodies with the same headers.
+   loop posting the same bodies with the same headers: events/s, and CPU seconds of this
+   process per 1,000 events, with the SQL statements (and commits) per event.
 3. Idle latency: enqueue → sandbox arrival with ``Worker.pump`` running, vs one bare POST.
 """
 
@@ -37,6 +38,7 @@ if not __package__:  # run as a file: make `bench` and `relay` importable from t
 
 import httpx
 import redis
+from sqlalchemy import Engine, event
 
 import relay
 from bench.common import (
@@ -264,8 +266,11 @@ def requests_for(worker: Worker, items: list[bytes]) -> list[HttpRequest]:
     return out
 
 
-def post_all(client: httpx.Client, requests: list[HttpRequest], threads: int = 1) -> float:
-    """Seconds to POST every request (``threads`` at a time); raises on a non-2xx answer."""
+def post_all(
+    client: httpx.Client, requests: list[HttpRequest], threads: int = 1
+) -> tuple[float, float]:
+    """(seconds, CPU seconds of this process) to POST every request (``threads`` at a time);
+    raises on a non-2xx answer."""
 
     def post(request: HttpRequest) -> None:
         response = client.request(
@@ -273,6 +278,7 @@ def post_all(client: httpx.Client, requests: list[HttpRequest], threads: int = 1
         )
         response.raise_for_status()
 
+    cpu = time.process_time()
     start = time.perf_counter()
     if threads == 1:
         for request in requests:
@@ -280,7 +286,7 @@ def post_all(client: httpx.Client, requests: list[HttpRequest], threads: int = 1
     else:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(post, requests))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def accepted(sandbox: SandboxProcess) -> int:
@@ -288,12 +294,38 @@ def accepted(sandbox: SandboxProcess) -> int:
     return int(stats["servoki"]["accepted"]) + int(stats["datalook"]["accepted"])
 
 
+def count_statements(engine: Engine) -> Callable[[], int]:
+    """Count the SQL statements and commits ``engine`` runs from now on; returns the reader."""
+    seen = [0]
+
+    def one(*_: object) -> None:
+        seen[0] += 1
+
+    event.listen(engine, "before_cursor_execute", one)
+    event.listen(engine, "commit", one)
+    return lambda: seen[0]
+
+
+THROUGHPUT_HEADER = [
+    "run", "events/s", "vs bare loop", "CPU s/1k ev", "CPU vs bare", "SQL/ev",
+    "accepted (flush exit)", "slots granted/missed", "push ev/s",
+]  # fmt: skip
+
+
 def bench_throughput(env: Env, backends: list[str], n: int) -> list[list[object]]:
-    """Rows: flush events/s per backend, each next to a bare loop run just before it."""
+    """Rows: flush events/s and CPU seconds per 1,000 events per backend, each next to a bare
+    loop run just before it.
+
+    CPU is this process's (``time.process_time``: every thread, user + system) while it
+    flushes, or while the bare loop posts: the worker's own cost, without Redis's, the
+    database server's or the sandbox's. SQL/ev counts statements and commits per event (an
+    SQLAlchemy ``before_cursor_execute`` and ``commit`` listener on the worker's engine).
+    """
     rows: list[list[object]] = []
     sandbox = env.sandbox
     http = make_http_client(3.0, 10.0)
     concurrency = Settings.model_fields["send_concurrency"].default
+    blank = [""] * (len(THROUGHPUT_HEADER) - 5)
     for backend in backends:
         settings = env.settings(backend)
         worker = Worker(settings)
@@ -302,20 +334,26 @@ def bench_throughput(env: Env, backends: list[str], n: int) -> list[list[object]
         requests = requests_for(worker, items)
 
         sandbox.reset()
-        bare_s = post_all(http, requests)
-        bare_threads_s = None
+        bare_s, bare_cpu = post_all(http, requests)
         if backend == backends[0]:
             sandbox.reset()
-            bare_threads_s = post_all(http, requests, concurrency)
+            threads_s, threads_cpu = post_all(http, requests, concurrency)
+            rows.append(
+                [f"bare httpx, {concurrency} threads", f"{n / threads_s:,.0f}", "",
+                 f"{threads_cpu / n * 1000:.2f}", "", *blank]
+            )  # fmt: skip
 
         sandbox.reset()
         start = time.perf_counter()
         for i in range(0, n, 500):
             enqueuer.push(items[i : i + 500])
         enqueue_s = time.perf_counter() - start
+        statements = count_statements(worker.engine)
+        cpu = time.process_time()
         start = time.perf_counter()
         report = worker.flush(max_wait=5.0)
         flush_s = time.perf_counter() - start
+        flush_cpu = time.process_time() - cpu
         got = accepted(sandbox)
         stats = getattr(worker.limiter, "stats", None)
         slots = f"{stats.granted}/{stats.missed}" if stats is not None else ""
@@ -323,16 +361,18 @@ def bench_throughput(env: Env, backends: list[str], n: int) -> list[list[object]
         enqueuer.close()
 
         bare_eps = n / bare_s
-        if bare_threads_s is not None:
-            rows.append(
-                [f"bare httpx, {concurrency} threads", f"{n / bare_threads_s:,.0f}", "", "", "", ""]
-            )
-        rows.append([f"bare httpx loop (before {backend})", f"{bare_eps:,.0f}", "", "", "", ""])
+        rows.append(
+            [f"bare httpx loop (before {backend})", f"{bare_eps:,.0f}", "",
+             f"{bare_cpu / n * 1000:.2f}", "", *blank]
+        )  # fmt: skip
         rows.append(
             [
                 f"relay flush, {backend}",
                 f"{n / flush_s:,.0f}",
                 ratio(n / flush_s, bare_eps),
+                f"{flush_cpu / n * 1000:.2f}",
+                ratio(flush_cpu, bare_cpu),
+                f"{statements() / n:.3f}",
                 f"{got}/{n} (exit {report.exit_code})",
                 slots,
                 f"{n / enqueue_s:,.0f}",
@@ -507,11 +547,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench_throughput(env, backends, plan.events)
             print_table(
                 f"2. throughput: {plan.events} queued events (half Servoki, half DataLook) → "
-                "sandbox, limits off",
-                ["run", "events/s", "vs bare loop", "accepted (flush exit)", "slots granted/missed",
-                 "push ev/s"],
+                "sandbox, limits off; CPU: this process's, per 1,000 events",
+                THROUGHPUT_HEADER,
                 rows,
-            )  # fmt: skip
+            )
             print(
                 "   relay-side limits set to 1000000/1s; a missed slot (sent > jitter/2 after it) "
                 "costs a re-reservation"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -28,8 +29,10 @@ from relay.destinations import Destination
 from relay.destinations.outcome import Outcome, Verdict, truncate
 from relay.errors import LimiterUnavailable
 from relay.limiter.base import Limiter, SlotMissed, Ticket
+from relay.outbox.outcomes import Finish
 from relay.outbox.store import Claim, Outbox, refused_for_data, utcnow
 from relay.worker import failpoints, metrics
+from relay.worker.group_commit import GroupCommit
 from relay.worker.pauses import Pauses
 from relay.worker.retry import RetryPolicy
 from relay.worker.transport import BODY_LIMIT, deadline, read_body
@@ -134,17 +137,66 @@ class Dispatcher:
         work = self._claim_round(limit, report)
         report.claimed = len(work)
         round_ = Round()
-        if self._pool is None or len(work) <= 1:
-            results = [round_.run(self.deliver, *item) for item in work]
-        else:
-            results = list(self._pool.map(lambda item: round_.run(self.deliver, *item), work))
+        commit = round_.commit = self._group_commit(round_)
+        try:
+            results = self._send_round(work, round_, commit)
+        finally:
+            try:
+                commit.write()  # what is left when the round is over
+            except SQLAlchemyError as exc:
+                round_.fail(exc)
         if round_.failure is not None:
             # The outbox (or Redis) failed for good: the worker backs off; unsent rows wait
             # out their leases, outcomes not written are resent then.
             raise round_.failure
         for (claim, _, _), (outcome, recorded) in zip(work, results, strict=True):
+            if recorded is None:  # handed to the group commit
+                recorded = commit.written.get(claim.id, False)
             _tally(report, claim, outcome, recorded)
         return report
+
+    def _group_commit(self, round_: Round) -> GroupCommit:
+        return GroupCommit(
+            self.outbox,
+            round_.trouble,
+            account=self.account,
+            one_by_one=lambda claim, outcome: self._persist(claim, outcome, False, round_),
+            lease_margin=self.lease_margin,
+            patience=self.record_patience,
+        )
+
+    def _send_round(
+        self, work: list[tuple[Claim, bool, Ticket]], round_: Round, commit: GroupCommit
+    ) -> list[tuple[Outcome | None, bool | None]]:
+        """Send the round's rows (``concurrency`` at a time) while this thread writes their
+        outcomes as they gather (see :mod:`relay.worker.group_commit`)."""
+        if self._pool is None or len(work) <= 1:
+            results = []
+            for item in work:
+                # Before a request that may take up to send_seconds: write what could not
+                # wait that long (a lease ending).
+                self._write_or_fail(commit, round_, ahead=self.send_seconds)
+                results.append(round_.run(self.deliver, *item))
+            return results
+        futures = []
+        for item in work:
+            commit.started()
+            futures.append(self._pool.submit(round_.run, self.deliver, *item))
+            futures[-1].add_done_callback(commit.finished)
+        while commit.wait(writes=round_.failure is None):
+            self._write_or_fail(commit, round_)
+        return [future.result() for future in futures]
+
+    @staticmethod
+    def _write_or_fail(commit: GroupCommit, round_: Round, ahead: float = 0.0) -> None:
+        """Write the outcomes that are due; a write that failed for good fails the round (its
+        sends still finish: their outcomes are tried again at the round's end)."""
+        if round_.failure is not None:
+            return
+        try:
+            commit.write_if_due(ahead)
+        except SQLAlchemyError as exc:
+            round_.fail(exc)
 
     def _claim_round(self, limit: int, report: DispatchReport) -> list[tuple[Claim, bool, Ticket]]:
         """This round's work: probes first, then every active destination in turn, each row
@@ -223,8 +275,10 @@ class Dispatcher:
         ticket: Ticket | None = None,
         *,
         round_: Round | None = None,
-    ) -> tuple[Outcome | None, bool]:
+    ) -> tuple[Outcome | None, bool | None]:
         """Send one claimed event and record the outcome; (outcome, whether it was recorded).
+
+        Recorded is None when the outcome went to the round's group commit, which says later.
 
         ``probe`` marks the single event sent to a paused destination to test its key.
         ``ticket`` is its reserved send slot (None: wait for one here). The outcome is None when
@@ -269,6 +323,10 @@ class Dispatcher:
             outcome = self._throttled(destination, outcome)
         outcome = self.settle(claim, outcome)
         failpoints.hit("dispatch.after_send")
+        if round_.commit is not None and not probe and outcome.verdict is not Verdict.PAUSE:
+            # Written with the round's other outcomes; a probe's and a pause's at once.
+            round_.commit.add(claim, outcome, self._finish_for(claim, outcome))
+            return outcome, None
         return outcome, self._persist(claim, outcome, probe, round_)
 
     def _persist(self, claim: Claim, outcome: Outcome, probe: bool, round_: Round) -> bool:
@@ -387,51 +445,78 @@ class Dispatcher:
     def record(self, claim: Claim, outcome: Outcome, *, probe: bool = False) -> bool:
         """Write ``outcome`` for ``claim`` if its lease still holds; log one line; count it in
         the metrics if it was written (an outcome that lost its lease is not counted)."""
-        where = f"event_id={claim.event_id} destination={claim.destination}"
+        if outcome.verdict is Verdict.PAUSE:
+            return self._record_pause(claim, outcome, probe)
+        finish = self._finish_for(claim, outcome)
+        written_at = self.outbox.finish_many([finish])[0]
+        self.account(claim, outcome, finish, written_at, probe=probe)
+        return written_at is not None
+
+    def _finish_for(self, claim: Claim, outcome: Outcome) -> Finish:
+        """What the row becomes for ``outcome`` (not a pause: that is written at once)."""
         status = outcome.status
         if outcome.verdict is Verdict.DELIVERED:
             assert status is not None
-            delivered_at = self.outbox.mark_delivered(claim, status)
-            recorded = delivered_at is not None
-            if delivered_at is not None:
+            return Finish.delivered(claim, status)
+        if outcome.verdict is Verdict.DEAD:
+            return Finish.dead(claim, status, outcome.detail)
+        policy = self.policies[claim.destination]
+        delay = policy.delay(self._attempts_used(claim, outcome), outcome.retry_after)
+        return Finish.retry(claim, status, outcome.detail, delay, outcome.throttled)
+
+    def account(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        finish: Finish,
+        written_at: datetime | None,
+        *,
+        probe: bool = False,
+    ) -> None:
+        """Log one written (or dropped) outcome and count it in the metrics if it was written.
+
+        ``written_at`` is the database's time of the write, None when the lease was lost.
+        """
+        where = f"event_id={claim.event_id} destination={claim.destination}"
+        status = outcome.status
+        if outcome.verdict is Verdict.DELIVERED:
+            if written_at is not None:
                 # Counted at once: the probe's resume below may fail, the row is delivered.
-                latency = (delivered_at - claim.enqueued_at).total_seconds()
+                latency = (written_at - claim.enqueued_at).total_seconds()
                 metrics.outcome(outcome.verdict, claim.destination, status, latency)
             if probe:
                 # Only the relay's own pause: one an operator set meanwhile stays.
                 self.pauses.resume(claim.destination, only_by="relay")
             log.info("delivered %s status=%s attempt=%d", where, status, claim.attempts)
         elif outcome.verdict is Verdict.DEAD:
-            recorded = self.outbox.mark_dead(claim, status, outcome.detail)
             log.error("dead %s status=%s: %s", where, status, truncate(outcome.detail, 200))
-        elif outcome.verdict is Verdict.PAUSE:
-            reason = outcome.reason or f"HTTP {status}: the API refused the key"
-            self.pauses.pause(claim.destination, reason, status, probe=probe)
-            recorded = self.outbox.release(
-                claim, self.pauses.probe_seconds, refused=(status, outcome.detail)
-            )
-            log.error("paused %s status=%s: %s; fix it, then resume", where, status, reason)
         else:
-            recorded = self._retry(claim, outcome, where)
-        if not recorded:
+            log.warning(
+                "retry %s status=%s in %.1fs: %s",
+                where,
+                status,
+                finish.delay or 0.0,
+                truncate(outcome.detail, 200),
+            )
+        if written_at is None:
             log.warning("lease lost for %s: a newer claim owns the row; result dropped", where)
         elif outcome.verdict is not Verdict.DELIVERED:
             metrics.outcome(outcome.verdict, claim.destination, status, None)
-        return recorded
 
-    def _retry(self, claim: Claim, outcome: Outcome, where: str) -> bool:
-        policy = self.policies[claim.destination]
-        delay = policy.delay(self._attempts_used(claim, outcome), outcome.retry_after)
-        log.warning(
-            "retry %s status=%s in %.1fs: %s",
-            where,
-            outcome.status,
-            delay,
-            truncate(outcome.detail, 200),
+    def _record_pause(self, claim: Claim, outcome: Outcome, probe: bool) -> bool:
+        where = f"event_id={claim.event_id} destination={claim.destination}"
+        status = outcome.status
+        reason = outcome.reason or f"HTTP {status}: the API refused the key"
+        self.pauses.pause(claim.destination, reason, status, probe=probe)
+        recorded = self.outbox.release(
+            claim, self.pauses.probe_seconds, refused=(status, outcome.detail)
         )
-        return self.outbox.schedule_retry(
-            claim, outcome.status, outcome.detail, delay, refund_attempt=outcome.throttled
-        )
+        log.error("paused %s status=%s: %s; fix it, then resume", where, status, reason)
+        if not recorded:
+            log.warning("lease lost for %s: a newer claim owns the row; result dropped", where)
+        else:
+            metrics.outcome(outcome.verdict, claim.destination, status, None)
+        return recorded
 
     def settle(self, claim: Claim, outcome: Outcome) -> Outcome:
         """A retry the policy no longer allows becomes dead, with the reason and last error."""
@@ -470,24 +555,30 @@ class Round:
         self.stopped: set[str] = set()
         """Destinations whose key (or URL) an answer in this round refused: no more sends."""
         self.failure: BaseException | None = None
+        self.commit: GroupCommit | None = None
+        """Where the round's outcomes gather to be written together (None: one by one)."""
         self._lock = threading.Lock()
+
+    def fail(self, exc: BaseException) -> None:
+        """The outbox (or Redis) failed for good: send nothing more, fail the round."""
+        self.trouble.set()
+        with self._lock:
+            self.failure = self.failure or exc
 
     def run(
         self,
-        deliver: Callable[..., tuple[Outcome | None, bool]],
+        deliver: Callable[..., tuple[Outcome | None, bool | None]],
         claim: Claim,
         probe: bool,
         ticket: Ticket,
-    ) -> tuple[Outcome | None, bool]:
+    ) -> tuple[Outcome | None, bool | None]:
         """``deliver`` one claim unless the round is in trouble; never raises."""
         if self.trouble.is_set():
             return None, False  # held: its lease runs out, then it is claimed again
         try:
             return deliver(claim, probe, ticket, round_=self)
         except (SQLAlchemyError, redis.RedisError, LimiterUnavailable) as exc:
-            self.trouble.set()
-            with self._lock:
-                self.failure = self.failure or exc
+            self.fail(exc)
         except Exception:
             # A bug with this one row: the others go on. The row is held until its lease ends;
             # every claim counts an attempt, so it ends dead instead of looping.
