@@ -159,3 +159,36 @@ def test_a_forked_child_opens_its_own_connection(
     assert pusher._idle == [inherited]
     assert redis_client.lrange(key, 0, -1) == [b"parent", b"child", b"parent again"]
     redis_client.delete(key)
+
+
+def test_enqueue_after_a_redis_restart_goes_to_redis_not_the_fallback(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """enqueue()'s stale connection is replaced on the spot, as redis-py's pool did: the event
+    is queued in Redis; the outbox fallback (here a database that is down) is not needed."""
+    import relay
+    from relay.settings import Settings
+    from tests.support.services import SERVOKI_KEY
+
+    enqueuer = relay.configure(
+        Settings(
+            redis_url=own_redis.url,
+            database_url="postgresql+psycopg://relay@127.0.0.1:9/relay",
+            servoki_api_key=SERVOKI_KEY,
+            servoki_site="example.com",
+        )
+    )
+    try:
+        relay.enqueue("servoki", {"event_type": "purchase"}, event_id="before")
+        own_redis.stop()  # a restart while the enqueuer's connection sits idle
+        own_redis.start()
+        relay.enqueue("servoki", {"event_type": "purchase"}, event_id="after")
+        client = redis.Redis.from_url(own_redis.url)
+        [item] = client.lrange(enqueuer.keys.queue, 0, -1)  # the test server keeps no data
+        assert b'"id":"after"' in item
+        client.close()
+        own_redis.stop()
+        with pytest.raises(relay.RelayUnavailable):  # down: Redis and the outbox both refuse
+            relay.enqueue("servoki", {"event_type": "purchase"}, event_id="down")
+    finally:
+        enqueuer.close()
