@@ -73,6 +73,11 @@ class Limiter(Protocol):
     def reserve(self, scopes: Sequence[str], count: int, horizon: float) -> Grant:
         """Reserve up to ``count`` slots in every scope, none more than ``horizon`` s ahead."""
 
+    def reserve_many(
+        self, requests: Sequence[tuple[Sequence[str], int]], horizon: float
+    ) -> list[Grant]:
+        """``reserve(scopes, count, horizon)`` for each request, in order, all at once."""
+
     def refund(self, grant: Grant, unused: int) -> None:
         """Give back the last ``unused`` slots of ``grant`` (when nobody reserved after it)."""
 

@@ -120,22 +120,43 @@ class RedisLimiter:
 
     def reserve(self, scopes: Sequence[str], count: int, horizon: float) -> Grant:
         """Reserve up to ``count`` slots in every scope, none more than ``horizon`` s ahead."""
-        scopes = tuple(scopes)
-        if count <= 0:
-            return Grant(())
-        args: list[Any] = [count, int(horizon * 1_000_000), repr(self.slope)]
-        for budget in self._budgets(scopes):
+        return self.reserve_many([(scopes, count)], horizon)[0]
+
+    def reserve_many(
+        self, requests: Sequence[tuple[Sequence[str], int]], horizon: float
+    ) -> list[Grant]:
+        """``reserve`` for each ``(scopes, count)``, in order, in one call to Redis: a round
+        of many destinations costs one round trip, not one each."""
+        wanted = [(tuple(scopes), count) for scopes, count in requests]
+        keys: dict[str, int] = {}
+        for scopes, count in wanted:
+            if count > 0:
+                for scope in scopes:
+                    keys.setdefault(scope, len(keys) + 1)
+        if not keys:
+            return [Grant(()) for _ in wanted]
+        served = [(scopes, count) for scopes, count in wanted if count > 0]
+        args: list[Any] = [int(horizon * 1_000_000), repr(self.slope), len(served)]
+        for budget in self._budgets(list(keys)):
             args += [budget.interval_us, budget.tau_us]
-        reply = self._call(self._reserve, self._keys(scopes), args)
+        for scopes, count in served:
+            args += [count, len(scopes), *(keys[scope] for scope in scopes)]
+        reply = [int(x) for x in self._call(self._reserve, self._keys(list(keys)), args)]
         received = self.clock()
-        now, wait, n = (int(x) for x in reply[:3])
-        tickets = tuple(
-            Ticket(scopes, received + int(s) / 1e6, now, now + int(s)) for s in reply[3 : 3 + n]
-        )
+        now, at = reply[0], 1
+        grants: dict[int, Grant] = {}
+        for index, (scopes, count) in enumerate(wanted):
+            if count <= 0:
+                continue
+            wait, n = reply[at], reply[at + 1]
+            slots = reply[at + 2 : at + 2 + n]
+            receipt = tuple(reply[at + 2 + n : at + 2 + n + 2 * len(scopes)])
+            at += 2 + n + 2 * len(scopes)
+            tickets = tuple(Ticket(scopes, received + s / 1e6, now, now + s) for s in slots)
+            grants[index] = Grant(tickets, retry_in=wait / 1e6, receipt=receipt)
         with self._lock:
-            self.stats.granted += n
-        receipt = tuple(int(x) for x in reply[3 + n :])
-        return Grant(tickets, retry_in=int(wait) / 1e6, receipt=receipt)
+            self.stats.granted += sum(len(grant.tickets) for grant in grants.values())
+        return [grants.get(index, Grant(())) for index in range(len(wanted))]
 
     def refund(self, grant: Grant, unused: int) -> None:
         """Give back the last ``unused`` slots of ``grant`` where nobody reserved since."""

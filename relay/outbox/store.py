@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -187,9 +187,7 @@ class Outbox:
         """
         if not destinations or limit <= 0:
             return []
-        deadline = time.monotonic() + lease_seconds
         now = db_now(self.dialect)
-        token = uuid.uuid4().hex
         # The status and the limit inline, not as parameters: PostgreSQL may plan a statement
         # psycopg prepared once for any values, and then needs the literal to use the partial
         # index, and a known limit not to join its rows back with a full scan.
@@ -206,9 +204,37 @@ class Outbox:
         if self.dialect == "postgresql":
             # Concurrent workers skip each other's rows instead of waiting on them.
             due = due.with_for_update(skip_locked=True)
+        return self._lease(due.scalar_subquery(), lease_seconds, now)
+
+    def claim_due_each(self, wants: Mapping[str, int], lease_seconds: float) -> list[Claim]:
+        """Lease up to ``wants[name]`` due rows of each destination, oldest due first within
+        each, in one statement (a round of many destinations costs one round trip)."""
+        wants = {name: count for name, count in wants.items() if count > 0}
+        if not wants:
+            return []
+        now = db_now(self.dialect)
+        picks = []
+        for i, (name, count) in enumerate(wants.items()):
+            # Literal status and limit, as in claim_due: each pick uses the partial index.
+            due = (
+                select(outbox.c.id)
+                .where(PENDING, outbox.c.next_attempt_at <= now, outbox.c.destination == name)
+                .order_by(outbox.c.next_attempt_at)
+                .limit(bindparam(f"claim_limit_{i}", count, literal_execute=True))
+            )
+            if self.dialect == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            picks.append(due.cte(f"due_{i}"))
+        ids = union_all(*(select(pick.c.id) for pick in picks))
+        return self._lease(ids.scalar_subquery(), lease_seconds, now)
+
+    def _lease(self, due: Any, lease_seconds: float, now: Any) -> list[Claim]:
+        """Lease the rows ``due`` selects: count the attempt, a fresh token, due at lease end."""
+        deadline = time.monotonic() + lease_seconds
+        token = uuid.uuid4().hex
         statement = (
             update(outbox)
-            .where(outbox.c.id.in_(due.scalar_subquery()))
+            .where(outbox.c.id.in_(due))
             .values(
                 attempts=outbox.c.attempts + 1,
                 lease_token=token,

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from relay.destinations import Destination
 from relay.destinations.outcome import Outcome, Verdict, truncate
 from relay.errors import LimiterUnavailable
-from relay.limiter.base import Limiter, SlotMissed, Ticket
+from relay.limiter.base import Grant, Limiter, SlotMissed, Ticket
 from relay.outbox.outcomes import Finish
 from relay.outbox.store import Claim, Outbox, refused_for_data, utcnow
 from relay.worker import failpoints, metrics
@@ -200,51 +200,71 @@ class Dispatcher:
 
     def _claim_round(self, limit: int, report: DispatchReport) -> list[tuple[Claim, bool, Ticket]]:
         """This round's work: probes first, then every active destination in turn, each row
-        with its reserved send slot, in slot order."""
+        with its reserved send slot, in slot order.
+
+        The turn rotates each round: destinations that share a scope take what is left of it
+        in a different order every round, so none gets less than its share for long.
+        """
         active, probes = self.active_destinations()
         self._turn += 1
         if active:
             turn = self._turn % len(active)
             active = active[turn:] + active[:turn]
-        work: list[tuple[Claim, bool, Ticket]] = []
-        try:
-            for name in probes:
-                work += self._plan(name, 1, limit, report, probe=True)
-            for name in active:
-                work += self._plan(name, self._want.get(name, limit), limit, report)
-        except LimiterUnavailable:
-            # Fail closed: what this round claimed goes back unsent, its attempt refunded.
-            for claim, _, _ in work:
-                self.outbox.release(claim, 1.0)
-            raise
+        wants = [(name, 1, True) for name in probes]
+        wants += [(name, self._want.get(name, limit), False) for name in active]
+        work = self._plan(wants, limit, report)
         work.sort(key=lambda item: item[2].at)
         return work
 
     def _plan(
-        self, name: str, want: int, limit: int, report: DispatchReport, *, probe: bool = False
+        self, wants: list[tuple[str, int, bool]], limit: int, report: DispatchReport
     ) -> list[tuple[Claim, bool, Ticket]]:
-        """Reserve up to ``want`` send slots for ``name``, then claim as many due rows."""
-        scopes = self.destinations[name].limit_scopes()
-        grant = self.limiter.reserve(scopes, want, self.reserve_ahead)
-        if not grant.tickets:
-            report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
+        """Reserve send slots for every ``(destination, slots wanted, probe)`` in one limiter
+        call, then claim as many due rows of each in one statement; give back the slots no
+        row came for.
+
+        Two round trips a round however many destinations there are: with one reserve and
+        one claim per destination a round of 20 keys spent longer claiming than sending.
+        """
+        if not wants:
             return []
-        claimed = self.outbox.claim_due(len(grant.tickets), self.lease_seconds, [name])
-        claims = [claim for claim in claimed if not self._gave_up(claim, report)]
-        unused = len(grant.tickets) - len(claims)
-        if unused:
-            try:
-                self.limiter.refund(grant, unused)
-            except LimiterUnavailable:
-                for claim in claims:
-                    self.outbox.release(claim, 1.0)
-                raise
-        if not probe:
-            # Ask for what the backlog filled last time: an idle destination reserves one slot
-            # a round, a busy one a whole batch.
-            self._want[name] = max(1, 2 * len(claims)) if unused else limit
-        tickets = grant.tickets[: len(claims)]
-        return [(claim, probe, ticket) for claim, ticket in zip(claims, tickets, strict=True)]
+        requests = [(self.destinations[name].limit_scopes(), want) for name, want, _ in wants]
+        grants = self.limiter.reserve_many(requests, self.reserve_ahead)
+        granted: dict[str, tuple[Grant, bool]] = {}
+        for (name, _, probe), grant in zip(wants, grants, strict=True):
+            if grant.tickets:
+                granted[name] = (grant, probe)
+            else:
+                report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
+        if not granted:
+            return []
+        claimed = self.outbox.claim_due_each(
+            {name: len(grant.tickets) for name, (grant, _) in granted.items()}, self.lease_seconds
+        )
+        rows: dict[str, list[Claim]] = {name: [] for name in granted}
+        for claim in claimed:
+            rows[claim.destination].append(claim)
+        work: list[tuple[Claim, bool, Ticket]] = []
+        for name, (grant, probe) in granted.items():
+            claims = [claim for claim in rows[name] if not self._gave_up(claim, report)]
+            unused = len(grant.tickets) - len(claims)
+            if unused:
+                # One call per destination with slots to spare: a busy round has none.
+                try:
+                    self.limiter.refund(grant, unused)
+                except LimiterUnavailable:
+                    # Fail closed: what this round claimed goes back unsent, its attempt
+                    # refunded (rows a refund never got to included).
+                    for claim in claimed:
+                        self.outbox.release(claim, 1.0)
+                    raise
+            if not probe:
+                # Ask for what the backlog filled last time: an idle destination reserves one
+                # slot a round, a busy one a whole batch.
+                self._want[name] = max(1, 2 * len(claims)) if unused else limit
+            tickets = grant.tickets[: len(claims)]
+            work += [(claim, probe, ticket) for claim, ticket in zip(claims, tickets, strict=True)]
+        return work
 
     def _gave_up(self, claim: Claim, report: DispatchReport) -> bool:
         """Mark a claim dead, unsent, if its earlier attempts used up every one allowed.
