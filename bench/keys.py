@@ -50,7 +50,7 @@ from bench.common import print_table, redis_server, start_postgres
 from bench.limits import peak
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
-from relay.limiter import RateLimit, plan
+from relay.limiter import RateLimit, RedisLimiter, plan
 from relay.settings import Settings, load_settings
 from relay.worker.loop import Worker
 
@@ -135,7 +135,10 @@ def _worker(seconds: float, out: str, ready: Any, go: Any, profile: str | None) 
     finally:
         worker.close()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    Path(out).write_text(json.dumps({"cpu": cpu, "delivered": report.delivered}))
+    stats = worker.limiter.stats if isinstance(worker.limiter, RedisLimiter) else None
+    missed = stats.missed + stats.stale if stats else 0
+    result = {"cpu": cpu, "delivered": report.delivered, "missed": missed, "held": report.held}
+    Path(out).write_text(json.dumps(result))
 
 
 def run(
@@ -211,6 +214,7 @@ def run(
         "worker_cpu": cpu / elapsed,
         "cpu_per_1000": 1000 * cpu / len(accepted) if accepted else float("nan"),
         "machine": machine,
+        "missed": sum(r["missed"] for r in results),
     }
 
 
@@ -258,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(load average {load:.1f} at the end)",
         ["keys", "limit/s", "ceiling/s", "sustained/s", "of limit", "of ceiling",
          "key share min/max", "peak window", "429s", "worker CPU (cores)", "CPU s/1000 ev",
-         "machine busy"],
+         "machine busy", "missed slots"],
         [
             [r["keys"], f"{r['limit']:.0f}", f"{r['ceiling']:.0f}", f"{r['rate']:.1f}",
              f"{r['rate'] / r['limit']:.1%}", f"{r['rate'] / r['ceiling']:.1%}",
              f"{r['min_share']:.1%}/{r['max_share']:.1%}", f"{r['peak']}/500",
              r["rate_limited"], f"{r['worker_cpu']:.2f}", f"{r['cpu_per_1000']:.2f}",
-             f"{r['machine']:.0%}"]
+             f"{r['machine']:.0%}", r["missed"]]
             for r in rows
         ],
     )  # fmt: skip
