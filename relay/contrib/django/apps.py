@@ -36,7 +36,7 @@ class RelayConfig(AppConfig):
     _enqueuer: Enqueuer | None = None
 
     def ready(self) -> None:
-        checks.register(self.check_settings, LABEL)
+        checks.register(check_relay, LABEL)
         # override_settings(RELAY=...) in a project's tests reads the settings again.
         setting_changed.connect(self._setting_changed, dispatch_uid="relay.contrib.django")
         self.load()
@@ -50,11 +50,6 @@ class RelayConfig(AppConfig):
             return
         # Also the default of relay.enqueue(): one enqueuer, with the project's settings.
         self.relay, self.error, self._enqueuer = relay, None, configure(relay.settings)
-
-    def check_settings(self, app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-        """The ``relay`` system check: the settings read at start, and the admin's database."""
-        admin = apps.is_installed("django.contrib.admin")
-        return settings_messages(self.relay, self.error, settings.DATABASES, admin=admin)
 
     def _setting_changed(self, *, setting: str, **kwargs: Any) -> None:
         if setting == "RELAY":
@@ -86,3 +81,10 @@ def relay_app() -> RelayConfig:
     config = apps.get_app_config(LABEL)
     assert isinstance(config, RelayConfig)
     return config
+
+
+def check_relay(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The ``relay`` system check: the settings read at start, and the admin's database."""
+    config = relay_app()
+    admin = apps.is_installed("django.contrib.admin")
+    return settings_messages(config.relay, config.error, settings.DATABASES, admin=admin)

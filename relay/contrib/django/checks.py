@@ -18,8 +18,8 @@ from relay.errors import ConfigError
 from relay.urls import safe_url
 
 KEYS_HINT = (
-    'settings.RELAY keys are the RELAY_* variable names without "RELAY_" '
-    '(e.g. "REDIS_URL"); the settings are listed in the README (Settings)'
+    "fix it in settings.RELAY or the RELAY_* variable; settings.RELAY's keys are the variable "
+    'names without "RELAY_" (e.g. "REDIS_URL"), listed in the README (Settings)'
 )
 
 
@@ -52,8 +52,8 @@ def settings_messages(
             Warning(
                 f"DATABASES[{alias!r}] is not the relay's outbox database "
                 f"({safe_url(url)}): the admin would list one outbox and retry in another",
-                hint='set RELAY["DATABASE_URL"] to the same database, or RELAY["DATABASE_ALIAS"] '
-                "to the DATABASES entry of the outbox",
+                hint="point RELAY_DATABASE_URL (the workers read it too) at that database, or "
+                'set RELAY["DATABASE_ALIAS"] to the DATABASES entry of the outbox',
                 id="relay.W001",
             )
         ]
