@@ -14,9 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import django
 import httpx
@@ -26,8 +28,8 @@ from django.conf import settings as django_settings
 from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import transaction
-from django.test import override_settings
+from django.db import connections, transaction
+from django.test import Client, override_settings
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -70,6 +72,7 @@ def django_project(tmp_path_factory: pytest.TempPathFactory) -> None:
         alias: {"ENGINE": "django.db.backends.sqlite3", "NAME": directory / f"{alias}.db"}
         for alias in ("default", "other")
     }
+    values["ALLOWED_HOSTS"] = [*values["ALLOWED_HOSTS"], "testserver"]  # Django's test client
     django_settings.configure(**values)
     django.setup()
 
@@ -236,6 +239,108 @@ def test_an_invalid_event_fails_at_the_call_naming_the_field(
         "servoki.currency must be a 3-letter ISO 4217 code such as \"EUR\", got 'euro'"
     )
     assert queued(project, redis_client) == 1  # the valid one only
+
+
+# -- the admin on both databases (Django's test client) ------------------------------------------
+
+
+def django_database(url: str) -> dict[str, Any]:
+    """The DATABASES entry of the relay's database URL (as a project would write it)."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": parts.path.removeprefix("/")}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.path.removeprefix("/"),
+        "USER": parts.username,
+        "HOST": parse_qs(parts.query)["host"][0],
+    }
+
+
+@pytest.fixture
+def outbox_alias(django_project: None, db_url: str) -> Iterator[str]:
+    """A DATABASES entry ``outbox`` for this test's outbox database (SQLite or PostgreSQL)."""
+    entry = connections.configure_settings(
+        {"default": connections.settings["default"], "outbox": django_database(db_url)}
+    )["outbox"]
+    # DATABASES as Django's connections and the relay's check read it (override_settings
+    # cannot change DATABASES once connections exist).
+    for databases in (django_settings.DATABASES, connections.settings):
+        databases["outbox"] = entry
+    yield "outbox"
+    connections["outbox"].close()
+    del connections["outbox"]
+    for databases in (django_settings.DATABASES, connections.settings):
+        databases.pop("outbox", None)
+
+
+@pytest.fixture(scope="session")
+def django_users(django_project: None) -> None:
+    """Django's own tables (users, sessions) in the default database, once."""
+    call_command("migrate", verbosity=0, database="default")
+
+
+def test_the_admin_reads_and_changes_the_outbox_through_an_alias(
+    settings: Settings,
+    sandbox: SandboxProcess,
+    outbox_alias: str,
+    django_users: None,
+    db_url: str,
+) -> None:
+    # Models import once Django is set up (the session fixture), not with this module.
+    from django.contrib.auth.models import Permission, User
+
+    from relay.contrib.django.models import OutboxEvent
+
+    sandbox.set_faults(error_rate=1, error_status=404, apis=["servoki"])
+    with override_settings(RELAY=relay_dict(settings, DATABASE_ALIAS=outbox_alias)):
+        assert relay_messages() == []  # the alias is the relay's database
+        enqueue_on_commit("servoki", {**purchase(), "site": "unknown.example"}, event_id="gone")
+        assert flush(settings).exit_code == 1
+        sandbox.clear_faults()
+        enqueue_on_commit("servoki", purchase(), event_id="sent")
+        assert flush(settings).exit_code == 0
+
+        user = User.objects.create_superuser(f"ops_{uuid.uuid4().hex[:8]}", "o@example.com")
+        client = Client()
+        client.force_login(user)
+        listing = "/admin/relay/outboxevent/"
+        answer = client.get(listing)
+        assert answer.status_code == 200
+        assert b"gone" in answer.content and b"sent" in answer.content
+        dead = client.get(listing, {"reason": "HTTP 404"}).content.decode()
+        assert ">gone<" in dead and ">sent<" not in dead
+        assert ">sent<" not in client.get(listing, {"status__exact": "dead"}).content.decode()
+        assert ">sent<" in client.get(listing, {"q": "sent"}).content.decode()
+
+        gone = OutboxEvent.objects.get(event_id="gone")
+        detail = client.get(f"{listing}{gone.pk}/change/").content.decode()
+        assert "&quot;site&quot;: &quot;unknown.example&quot;" in detail  # the payload, decoded
+        assert gone.history.count() == 1 and gone.history.get().status == 404
+        assert gone.updated_at.tzinfo is not None  # naive UTC read as UTC on both databases
+
+        answer = client.post(
+            listing, {"action": "discard", "_selected_action": [gone.pk]}, follow=True
+        )
+        assert "Discarded 1 event(s)" in answer.content.decode()
+        assert OutboxEvent.objects.get(event_id="gone").status == "discarded"
+        sent = OutboxEvent.objects.get(event_id="sent")
+        answer = client.post(
+            listing, {"action": "retry", "_selected_action": [sent.pk]}, follow=True
+        )
+        assert "Skipped sent (servoki): it is delivered" in answer.content.decode()
+
+        for forbidden in (f"{listing}add/", f"{listing}{sent.pk}/delete/"):
+            assert client.get(forbidden).status_code == 403
+        assert client.post(f"{listing}{sent.pk}/change/", {"status": "dead"}).status_code == 403
+        assert OutboxEvent.objects.get(event_id="sent").status == "delivered"
+
+        viewer = User.objects.create_user(f"view_{uuid.uuid4().hex[:8]}", is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_outboxevent"))
+        client.force_login(viewer)
+        assert client.get(listing).status_code == 200
+        answer = client.post(listing, {"action": "retry", "_selected_action": [gone.pk]})
+        assert OutboxEvent.objects.get(event_id="gone").status == "discarded"  # not allowed
 
 
 # -- the admin, in a real browser ---------------------------------------------------------------
