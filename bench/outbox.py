@@ -174,6 +174,8 @@ class Outboxes:
     env: Env
     big: int
     built: dict[tuple[str, str, int], str]
+    sizes: dict[str, dict[str, float]]
+    """Per backend: MiB per million rows of the table and each index, as filled."""
 
     def url(self, backend: str, shape: str, size: int) -> str:
         key = (backend, shape, size)
@@ -183,6 +185,10 @@ class Outboxes:
             started = time.perf_counter()
             history(engine, size, shape)
             log(f"filled {backend} {shape} {size:,} rows in {time.perf_counter() - started:.1f}s")
+            if shape == "delivered" and size == self.big:
+                self.sizes[backend] = {
+                    name: value * 1_000_000 / size / 2**20 for name, value in sizes(engine).items()
+                }
             engine.dispose()
             self.built[key] = url
         return self.built[key]
@@ -292,9 +298,23 @@ def operator_calls(admin: Admin, engine: Engine) -> dict[str, Callable[[], objec
         "outbox show": lambda: admin.events(dead_id, None),
         "outbox retry EVENT_ID": retry_one,
         "outbox retry --all-dead": retry_all_dead,
-        "outbox prune (count)": lambda: admin.prunable(3600),
-        "outbox prune (first batch)": lambda: admin.prune(3600 * 36, batch=1000),
+        "outbox prune (count)": lambda: admin.prunable(3600 * 36),
+        "outbox prune (one batch of 1,000)": lambda: one_batch(admin),
     }
+
+
+class _FirstBatchDone(Exception):
+    pass
+
+
+def one_batch(admin: Admin) -> None:
+    """The first batch of a prune of the whole delivered history (the rest is section 3)."""
+
+    def stop(_: int) -> None:
+        raise _FirstBatchDone
+
+    with contextlib.suppress(_FirstBatchDone):
+        admin.prune(3600, batch=1000, progress=stop)
 
 
 def time_operators(env: Env, url: str) -> dict[str, float]:
@@ -363,16 +383,11 @@ def sizes(engine: Engine) -> dict[str, int]:
 def bench_sizes(outboxes: Outboxes, backends: list[str]) -> list[list[object]]:
     rows: list[list[object]] = []
     for backend in backends:
-        engine = make_engine(outboxes.url(backend, "delivered", outboxes.big))
-        with engine.connect() as conn:
-            count = conn.exec_driver_sql("SELECT count(*) FROM relay_outbox").scalar_one()
-        per_million = 1_000_000 / count
-        measured = sizes(engine)
+        outboxes.url(backend, "delivered", outboxes.big)
+        measured = outboxes.sizes[backend]
         for name, size in measured.items():
-            rows.append([f"{backend}: {name}", f"{size * per_million / 2**20:,.1f} MiB"])
-        total = sum(measured.values()) * per_million / 2**20
-        rows.append([f"{backend}: all", f"{total:,.1f} MiB"])
-        engine.dispose()
+            rows.append([f"{backend}: {name}", f"{size:,.1f} MiB"])
+        rows.append([f"{backend}: all", f"{sum(measured.values()):,.1f} MiB"])
     return rows
 
 
@@ -601,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with services(home) as env:
             backends = ["sqlite"] + (["postgresql"] if env.postgres is not None else [])
-            outboxes = Outboxes(env, plan.rows, {})
+            outboxes = Outboxes(env, plan.rows, {}, {})
             head = ["", f"beside {SMALL:,} rows", f"beside {plan.rows:,} rows", "ratio"]
             if "claims" in plan.sections:
                 rows = bench_claims(outboxes, backends)

@@ -40,7 +40,7 @@ from relay.ops.reports import (
 from relay.outbox import queries as rows
 from relay.outbox.engine import make_engine
 from relay.outbox.migrate import ensure_current
-from relay.outbox.queries import Backlog, Filters, OutboxRow, Progress
+from relay.outbox.queries import Backlog, Filters, OutboxRow, Overview, Progress
 from relay.outbox.schema import Status
 from relay.queue import embedded
 from relay.queue.memory import FULL_ADVICE, RedisMemory, redis_memory
@@ -236,6 +236,11 @@ class Admin:
         with self.db_errors():
             return rows.backlog(self.engine)
 
+    def overview(self) -> Overview:
+        """Rows by destination and status, and the oldest pending event's age, in one read."""
+        with self.db_errors():
+            return rows.overview(self.engine)
+
     def counts(self, filters: Filters | None = None) -> dict[str, dict[str, int]]:
         """Rows (those matching ``filters``) by destination and status."""
         with self.db_errors():
@@ -263,8 +268,8 @@ class Admin:
         queued = self.queued_by_destination()
         paused = self.pauses()
         beats = self.heartbeats()
-        counts = self.counts()
-        backlog = self.backlog()
+        seen = self.overview()
+        counts = seen.counts
         reasons = self.dead_reasons()
         now = time.time()
         names = sorted(set(self.configs) | set(counts) | set(paused) | set(queued or {}))
@@ -283,7 +288,7 @@ class Admin:
                 delivered=by_status.get("delivered", 0),
                 dead=by_status.get("dead", 0),
                 discarded=by_status.get("discarded", 0),
-                oldest_pending_age=backlog.get(name, Backlog()).oldest_pending_age,
+                oldest_pending_age=seen.oldest_pending_age.get(name),
                 dead_reasons=reasons.get(name, {}),
                 paused=record is not None,
                 paused_reason=self.redact(str(record.get("reason"))) if record else None,

@@ -398,23 +398,27 @@ def count_prunable(engine: Engine, older_than: float) -> int:
 # -- summaries --------------------------------------------------------------------------
 
 
-def backlog(engine: Engine) -> dict[str, Backlog]:
-    """Per destination: pending and dead rows, and the age of the oldest pending event.
+@dataclass(frozen=True)
+class Overview:
+    """Every destination's rows by status, and the age of its oldest pending event."""
 
-    Reads only the status index (status, destination, …, enqueued_at), never a row: a
-    million pending rows of a paused destination are counted in the index. Ages count to
-    the database's now, not this host's.
+    counts: dict[str, dict[str, int]]
+    oldest_pending_age: dict[str, float]
+
+
+def overview(engine: Engine, statuses: Sequence[str] = ()) -> Overview:
+    """Rows by destination and status (only ``statuses``, if given), exact, and each
+    destination's oldest pending event's age, in one pass over the status index.
+
+    The index (status, destination, …, enqueued_at) holds every value this reads, in the
+    order it groups them: no row is read and nothing is sorted (a million rows: 80-140 ms
+    on SQLite). Ages count to the database's now, not this host's.
     """
-    statement = (
-        select(
-            outbox.c.status,
-            outbox.c.destination,
-            func.count(),
-            func.min(outbox.c.enqueued_at),
-        )
-        .where(outbox.c.status.in_([Status.PENDING.value, Status.DEAD.value]))
-        .group_by(outbox.c.status, outbox.c.destination)
-    )
+    statement = select(
+        outbox.c.status, outbox.c.destination, func.count(), func.min(outbox.c.enqueued_at)
+    ).group_by(outbox.c.status, outbox.c.destination)
+    if statuses:
+        statement = statement.where(outbox.c.status.in_(list(statuses)))
     counts: dict[str, dict[str, int]] = {}
     ages: dict[str, float] = {}
     with engine.connect() as conn:
@@ -423,27 +427,35 @@ def backlog(engine: Engine) -> dict[str, Backlog]:
             counts.setdefault(destination, {})[status] = n
             if status == Status.PENDING.value and oldest is not None:
                 # min() over a TypeDecorator column comes back raw on some dialects.
-                age = (now - _aware(oldest)).total_seconds()
-                ages[destination] = max(0.0, age)
+                ages[destination] = max(0.0, (now - _aware(oldest)).total_seconds())
+    return Overview(counts, ages)
+
+
+def backlog(engine: Engine) -> dict[str, Backlog]:
+    """Per destination: pending and dead rows, and the age of the oldest pending event.
+
+    Reads the pending and dead entries of the status index (:func:`overview`), never the
+    delivered history and never a row.
+    """
+    seen = overview(engine, (Status.PENDING.value, Status.DEAD.value))
     return {
         name: Backlog(
             pending=by_status.get(Status.PENDING.value, 0),
             dead=by_status.get(Status.DEAD.value, 0),
-            oldest_pending_age=ages.get(name),
+            oldest_pending_age=seen.oldest_pending_age.get(name),
         )
-        for name, by_status in counts.items()
+        for name, by_status in seen.counts.items()
     }
 
 
 def status_counts(engine: Engine, filters: Filters | None = None) -> dict[str, dict[str, int]]:
-    """Rows by destination and status (those matching ``filters``), exact.
-
-    Unfiltered (``relay status``), it counts the entries of the status index in its own
-    order: no row is read and nothing is sorted (80-140 ms at 1.2M rows on SQLite).
-    """
+    """Rows by destination and status (those matching ``filters``), exact; unfiltered, from
+    the status index alone (:func:`overview`)."""
+    if filters is None or filters == Filters():
+        return overview(engine).counts
     statement = (
         select(outbox.c.status, outbox.c.destination, func.count())
-        .where(*(filters or Filters()).clauses())
+        .where(*filters.clauses())
         .group_by(outbox.c.status, outbox.c.destination)
     )
     result: dict[str, dict[str, int]] = {}

@@ -94,6 +94,11 @@ def test_counts_and_backlog_are_exact(mixed: Engine) -> None:
         assert report.dead == expected[destination].get("dead", 0)
         assert report.oldest_pending_age is not None and report.oldest_pending_age >= 0
         assert destination in oldest
+    seen = queries.overview(mixed)  # what `relay status` reads, in one pass
+    assert seen.counts == expected
+    assert set(seen.oldest_pending_age) == set(oldest)
+    for destination, age in seen.oldest_pending_age.items():
+        assert abs(age - (backlog[destination].oldest_pending_age or 0)) < 5
     # Filtered counts (the demo's) still go through the same query, exactly.
     only = Filters([Status.PENDING.value], "servoki")
     assert queries.status_counts(mixed, only) == {
