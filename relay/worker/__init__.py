@@ -10,7 +10,3 @@ metrics.py     the Prometheus counters the worker updates (a leaf)
 failpoints.py  named points where fault tests stop a worker
 lua/           the pauses' scripts
 """
-
-from relay.worker.loop import Worker
-
-__all__ = ["Worker"]

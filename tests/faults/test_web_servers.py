@@ -25,7 +25,7 @@ from relay.dev.sandbox import SandboxProcess
 from relay.outbox.engine import make_engine
 from relay.outbox.migrate import ensure_current
 from relay.settings import Settings
-from relay.worker import Worker
+from relay.worker.loop import Worker
 from tests.support.faults import stop, wait_for
 from tests.support.services import ROOT, relay_env
 

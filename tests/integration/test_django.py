@@ -46,8 +46,7 @@ from relay.keys import Keys
 from relay.outbox.engine import make_engine
 from relay.outbox.migrate import upgrade
 from relay.settings import Settings
-from relay.worker import Worker
-from relay.worker.loop import FlushReport
+from relay.worker.loop import FlushReport, Worker
 from tests.support.services import ROOT, SECRETS, relay_env
 
 MANAGE = ROOT / "examples" / "django_shop" / "manage.py"

@@ -24,8 +24,7 @@ from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer, default_enqueuer
 from relay.errors import ConfigError
 from relay.settings import Settings
-from relay.worker import Worker
-from relay.worker.loop import FlushReport
+from relay.worker.loop import FlushReport, Worker
 from tests.support.services import relay_env
 
 
