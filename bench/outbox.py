@@ -541,9 +541,10 @@ def bench_memory(env: Env, backends: list[str], backlog: int) -> list[list[objec
         warm = [rss for done, rss in samples if done >= backlog * 0.05]
         start_rss = warm[0] if warm else (samples[0][1] if samples else 0)
         max_rss = max([rss for _, rss in samples] + [peak])
+        last = samples[-1][1] if samples else 0
         tenths = [
-            next((rss for done, rss in samples if done >= backlog * q / 10), 0)
-            for q in range(1, 11)
+            next((rss for done, rss in samples if done >= backlog * step / 10), last)
+            for step in range(1, 11)
         ]
         rows.append(
             [

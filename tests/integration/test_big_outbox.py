@@ -211,11 +211,12 @@ def old_history(engine: Engine, rows: int) -> None:
 
 class Delivering(threading.Thread):
     """A worker's dispatch side: new events arrive, are claimed and delivered; every claim
-    is timed."""
+    is timed. A statement that waits more than 2 s for a lock (SQLite: for the write lock)
+    fails, and :meth:`finish` raises it."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.engine = make_engine(url, statement_timeout=30)
+        self.engine = make_engine(url, statement_timeout=2)
         self.box = Outbox(self.engine)
         self.claims: list[tuple[float, float]] = []  # (started, seconds)
         self.delivered: set[str] = set()
@@ -254,7 +255,8 @@ def test_prune_in_batches_beside_a_delivering_worker(db_url: str) -> None:
     old_history(engine, 20_000)
     worker = Delivering(db_url)
     worker.start()
-    time.sleep(0.3)
+    time.sleep(1.2)
+    quiet = [started for started, _ in worker.claims if started >= time.monotonic() - 1.0]
     batches: list[float] = []
     pruned = queries.prune(
         engine, 3600, batch=500, progress=lambda n: batches.append(time.monotonic())
@@ -274,8 +276,13 @@ def test_prune_in_batches_beside_a_delivering_worker(db_url: str) -> None:
     assert ("history", Status.DELIVERED.value) not in left
     assert left[("servoki", Status.DELIVERED.value)] == len(worker.delivered)  # none pruned
     during = [took for started, took in worker.claims if batches[0] <= started <= batches[-1]]
-    assert len(during) >= 5, "the worker claimed nothing between the prune's batches"
-    assert max(during) < 2.0, f"a claim waited {max(during):.2f}s for the prune"
+    assert during, "the worker claimed nothing while the prune ran"
+    if db_url.startswith("sqlite"):
+        # Starved, a SQLite worker claimed 7 times while 100 back-to-back batches ran (4.2 s),
+        # once after 2.7 s; with the pause between batches, 431 times (the slowest 87 ms).
+        # (PostgreSQL's prune locks only the rows it deletes: the lock timeout covers it.)
+        rate = len(during) / (batches[-1] - batches[0])
+        assert rate >= len(quiet) / 10, f"{rate:.0f} claims/s while pruning, {len(quiet)} before"
     engine.dispose()
 
 
