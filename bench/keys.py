@@ -128,7 +128,8 @@ def _worker(seconds: float, out: str, ready: Any, go: Any, profile: str | None) 
             spy = [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(os.getpid())]
             spy += ["-r", "200"]
             spy += ["-d", str(int(seconds / 2)), "-f", "raw", "-o", f"{profile}.{os.getpid()}"]
-            subprocess.Popen([*spy, "--nonblocking"], stdout=subprocess.DEVNULL)
+            # --gil: samples of the thread holding the GIL, i.e. where the CPU goes.
+            subprocess.Popen([*spy, "--nonblocking", "--gil"], stdout=subprocess.DEVNULL)
         before = resource.getrusage(resource.RUSAGE_SELF)
         report = worker.pump(seconds)
         after = resource.getrusage(resource.RUSAGE_SELF)
