@@ -6,11 +6,12 @@ Imports nothing heavy (no Celery, SQLAlchemy or httpx): this runs inside web req
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 import redis.asyncio
@@ -20,7 +21,7 @@ from redis.retry import Retry
 
 from relay.destinations import Destination, build_destinations
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
-from relay.keys import Keys
+from relay.keys import Keys, lua
 from relay.queue import wire
 from relay.queue.push import ListPusher
 from relay.settings import Settings, load_settings
@@ -28,6 +29,20 @@ from relay.urls import describe_error, safe_url
 
 if TYPE_CHECKING:
     from relay.outbox.fallback import OutboxWriter
+
+log = logging.getLogger("relay.enqueue")
+
+
+class Transaction(Protocol):
+    """The caller's open database transaction, as the transactional enqueue writes into it
+    (``relay.enqueue_in``: a SQLAlchemy Session or Connection; Django's ``atomic()`` block)."""
+
+    def insert(self, events: Sequence[wire.NewEvent]) -> None:
+        """Write the events' outbox rows in the transaction, without committing it."""
+
+    def on_commit(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` once the transaction commits; never if it (or the savepoint around
+        this call) rolls back."""
 
 
 class Enqueuer:
@@ -49,6 +64,7 @@ class Enqueuer:
             weakref.WeakKeyDictionary()
         )
         self._outbox: OutboxWriter | None = None  # built when Redis first fails
+        self._wake = self._redis.register_script(lua("relay.queue", "wake.lua"))
         self._outbox_lock = threading.Lock()
 
     def _timeouts(self, *, asynchronous: bool = False) -> dict[str, Any]:
@@ -124,6 +140,27 @@ class Enqueuer:
             self._pusher.push(items)
         except redis.RedisError as exc:
             self._fallback(items, exc)
+
+    def write_in(self, transaction: Transaction, items: list[bytes]) -> None:
+        """The transactional write: the items' outbox rows inside ``transaction``, and a
+        wake-up for the workers once it commits. Nothing goes through Redis but the wake-up."""
+        batch = wire.parse_items(items, frozenset(self.destinations), self.max_bytes)
+        if batch.poison:
+            item, reason = batch.poison[0]
+            raise InvalidEvent(wire.as_text(item)[:80], "an event the outbox can store", reason)
+        transaction.insert(batch.events)
+        transaction.on_commit(self.wake)
+
+    def wake(self) -> None:
+        """Wake a worker blocked on the queue, so that it claims a committed row at once.
+
+        Best effort, never raises: the row is durable without it, and a worker finds it at its
+        next look at the outbox (``idle_wait``, 0.5 s) if Redis does not take the wake-up.
+        """
+        try:
+            self._wake(keys=[self.keys.queue], args=[wire.WAKE])
+        except redis.RedisError as exc:
+            log.debug("no wake-up sent (%s): the workers find the row at their next poll", exc)
 
     async def apush(self, items: list[bytes]) -> None:
         if not items:

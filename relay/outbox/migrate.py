@@ -3,13 +3,14 @@ database, and the one schema check every part runs before it touches the outbox.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from relay.errors import ConfigError
 from relay.urls import safe_url
@@ -32,27 +33,44 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-def is_current(engine: Engine) -> bool:
-    """Whether the database is at the newest migration."""
-    head = ScriptDirectory.from_config(_config(engine)).get_current_head()
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision() == head
+@functools.cache
+def head_revision() -> str:
+    """The newest migration's revision: what ``alembic_version`` holds in a current outbox."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
 
 
-def ensure_current(engine: Engine, url: str, *, migrate: bool = True) -> None:
+def is_current(bind: Engine | Connection) -> bool:
+    """Whether the database is at the newest migration. A ``Connection`` is read as it is, in
+    its transaction (the transactional enqueue checks the caller's own connection)."""
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            return is_current(connection)
+    return MigrationContext.configure(bind).get_current_revision() == head_revision()
+
+
+def ensure_current(bind: Engine | Connection, url: str, *, migrate: bool = True) -> None:
     """Raise ConfigError unless the outbox at ``url`` is at the newest schema.
 
     An embedded (SQLite) outbox is migrated on the spot when ``migrate`` is true, as the worker
     and the operator commands do; a PostgreSQL outbox is left to ``relay db upgrade``. enqueue()'s
-    fallback passes ``migrate=False``: an outbox it migrated could be one no worker reads.
-    SQLAlchemy errors (the database does not answer) pass through.
+    fallback and the transactional enqueue pass ``migrate=False``: an outbox they migrated could
+    be one no worker reads. SQLAlchemy errors (the database does not answer) pass through.
     """
-    if is_current(engine):
+    if is_current(bind):
         return
-    if migrate and engine.dialect.name == "sqlite":
-        upgrade(engine)
+    if migrate and isinstance(bind, Engine) and bind.dialect.name == "sqlite":
+        upgrade(bind)
         return
-    raise ConfigError(
+    raise not_current(url)
+
+
+def not_current(url: str) -> ConfigError:
+    """The error of an outbox database (``url``) that is missing or behind the migrations."""
+    return ConfigError(
         f"the outbox database at {safe_url(url)} is not at the current schema: run "
         "`relay db upgrade` with the relay's settings"
     )

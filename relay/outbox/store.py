@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, bindparam, func, select, union_all, update
+from sqlalchemy import Engine, Insert, Select, bindparam, func, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
@@ -104,6 +104,38 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def insert_rows(events: Sequence[NewEvent]) -> list[dict[str, Any]]:
+    """The new rows of ``events`` for :func:`insert_statement`, one per (destination, event_id)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        rows.setdefault(
+            (event.destination, event.event_id),
+            {
+                "destination": event.destination,
+                "event_id": event.event_id,
+                "payload": event.payload,
+                "status": Status.PENDING.value,
+                "attempts": 0,
+                "enqueued_at": event.enqueued_at,
+            },
+        )
+    return list(rows.values())
+
+
+def insert_statement(dialect: str) -> Insert:
+    """``INSERT … ON CONFLICT (destination, event_id) DO NOTHING RETURNING id, destination``,
+    due at once on the database's clock: the one statement that makes new rows (the drain,
+    enqueue()'s fallback and the transactional enqueue all run it)."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = db_now(dialect)
+    return (
+        dialect_insert(outbox)
+        .values(next_attempt_at=now, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["destination", "event_id"])
+        .returning(outbox.c.id, outbox.c.destination)
+    )
+
+
 class Outbox:
     """Reads and writes the outbox table through one engine."""
 
@@ -145,29 +177,8 @@ class Outbox:
         """
         if not events:
             return 0
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
-        for event in events:
-            rows.setdefault(
-                (event.destination, event.event_id),
-                {
-                    "destination": event.destination,
-                    "event_id": event.event_id,
-                    "payload": event.payload,
-                    "status": Status.PENDING.value,
-                    "attempts": 0,
-                    "enqueued_at": event.enqueued_at,
-                },
-            )
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        now = db_now(self.dialect)
-        statement = (
-            dialect_insert(outbox)
-            .values(next_attempt_at=now, created_at=now, updated_at=now)
-            .on_conflict_do_nothing(index_elements=["destination", "event_id"])
-            .returning(outbox.c.id, outbox.c.destination)
-        )
         with self.engine.begin() as conn:
-            inserted = conn.execute(statement, list(rows.values())).all()
+            inserted = conn.execute(insert_statement(self.dialect), insert_rows(events)).all()
         if counts is not None:
             new = Counter(row.destination for row in inserted)
             for destination, taken in Counter(event.destination for event in events).items():

@@ -2,6 +2,10 @@
 
     {"v": 1, "d": destination, "id": event_id, "t": unix time enqueued, "p": payload}
 
+One item is not an event: :data:`WAKE`, pushed after a transactional enqueue commits its outbox
+row (``relay.enqueue_in``), so that a worker blocked on the queue wakes and claims the row at
+once. The drain counts it and drops it with its batch.
+
 :func:`encode` writes an item; :func:`parse_items` reads items back as :class:`NewEvent`
 values, setting aside (as poison) every item that could not become an outbox row. Pure
 functions: no Redis, no database, so the enqueue path stays light.
@@ -18,6 +22,9 @@ from typing import Any
 import orjson
 
 QUEUE_FORMAT = 1
+WAKE = b"wake"
+"""The wake-up item: no event, only "a committed outbox row is due" (never JSON, so no writer
+of events can make it by accident)."""
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -86,15 +93,20 @@ class Batch:
 
     events: list[NewEvent] = field(default_factory=list)
     poison: list[tuple[bytes, str]] = field(default_factory=list)
+    wakeups: int = 0
+    """:data:`WAKE` items taken: acked with the batch, never inserted."""
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.poison)
+        return len(self.events) + len(self.poison) + self.wakeups
 
 
 def parse_items(raw: list[bytes], known: frozenset[str], max_bytes: int) -> Batch:
     """Parse queue items; the ones that cannot become an outbox row go to ``poison``."""
     batch = Batch()
     for item in raw:
+        if item == WAKE:
+            batch.wakeups += 1
+            continue
         try:
             batch.events.append(_parse_one(item, known, max_bytes))
         except ValueError as exc:

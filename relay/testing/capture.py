@@ -1,10 +1,11 @@
 """Capture events in memory: the real checks and stamps, no Redis, no database, no keys.
 
 Every write path of the relay ends in one of the :class:`~relay.enqueue.Enqueuer`'s write
-methods (``push``, ``apush``), after ``encode`` has validated and stamped the event. A capture
-replaces those methods, for every enqueuer, with :meth:`Capture.record`, so ``relay.enqueue``,
-``relay.enqueue_many``, ``relay.aenqueue``, an enqueuer built by ``relay.configure`` and the
-framework helpers in ``relay.contrib`` all validate exactly as in production and write nothing.
+methods (``push``, ``apush``, ``write_in``), after ``encode`` has validated and stamped the
+event. A capture replaces those methods, for every enqueuer, with :meth:`Capture.record`, so
+``relay.enqueue``, ``relay.enqueue_many``, ``relay.aenqueue``, ``relay.enqueue_in``, an enqueuer
+built by ``relay.configure`` and the framework helpers in ``relay.contrib`` all validate exactly
+as in production and write nothing.
 
 A new write path joins by being one more ``Enqueuer`` method after ``encode``, replaced in
 ``_writes_recorded_by`` by a call to :meth:`Capture.record`. The transactional ``enqueue`` (the
@@ -21,12 +22,13 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
 from relay.destinations import KINDS, Destination
-from relay.enqueue import Enqueuer
+from relay.enqueue import Enqueuer, Transaction
 from relay.queue import wire
 from relay.settings import Settings, load_settings
 from relay.testing.events import CapturedEvent, Events
@@ -161,12 +163,17 @@ def _writes_recorded_by(events: Capture, overrides: dict[str, Any]) -> Iterator[
     async def apush(enqueuer: Enqueuer, items: list[bytes]) -> None:
         events.record(enqueuer, items)
 
+    def write_in(enqueuer: Enqueuer, transaction: Transaction, items: list[bytes]) -> None:
+        # No row and no schema check: recorded when the caller's transaction commits.
+        transaction.on_commit(partial(events.record, enqueuer, items))
+
     def settings_for_configure(**more: Any) -> Settings:
         return capture_settings(**{**overrides, **more})
 
     replaced: dict[tuple[object, str], object] = {
         (Enqueuer, "push"): push,
         (Enqueuer, "apush"): apush,
+        (Enqueuer, "write_in"): write_in,
         (enqueue_module, "load_settings"): settings_for_configure,
     }
     saved = {(owner, name): getattr(owner, name) for owner, name in replaced}

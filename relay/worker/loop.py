@@ -33,12 +33,18 @@ from relay.worker.transport import make_http_client
 
 log = logging.getLogger("relay.worker")
 
+WAKE_RECHECK = 0.01
+WAKE_RECHECKS = 5
+"""After a wake-up with nothing to claim, look this many times, this many seconds apart."""
+
 
 @dataclass
 class DrainReport:
     taken: int = 0
     inserted: int = 0
     quarantined: int = 0
+    woken: int = 0
+    """Wake-ups taken (``wire.WAKE``, sent after transactional enqueues): not in ``taken``."""
 
     @property
     def duplicates(self) -> int:
@@ -127,7 +133,7 @@ class Worker:
     def drain(self, wait: float = 0.0) -> DrainReport:
         """Move one batch from Redis into the outbox (deduplicated); quarantine poison items."""
         batch = self.queue.take(self.settings.batch_size, wait=wait)
-        report = DrainReport(taken=len(batch))
+        report = DrainReport(taken=len(batch) - batch.wakeups, woken=batch.wakeups)
         if not batch:
             return report
         failpoints.hit("drain.after_take")
@@ -165,6 +171,7 @@ class Worker:
         total = DispatchReport()
         deadline = time.monotonic() + seconds
         next_reap = 0.0
+        rechecks = 0
         while not self.stopping.is_set() and time.monotonic() < deadline:
             try:
                 if time.monotonic() >= next_reap:
@@ -174,11 +181,16 @@ class Worker:
                 drained = self.drain()
                 round_ = self.dispatch()
                 total.add(round_)
+                rechecks = 0 if round_.claimed else rechecks
                 if not drained.taken and not round_.claimed:
                     remaining = deadline - time.monotonic()
+                    # Woken, yet nothing to claim: a Connection's wake-up is sent with its
+                    # COMMIT (relay.transactional), so look again shortly, not a whole wait on.
+                    idle, rechecks = (WAKE_RECHECK, rechecks - 1) if rechecks else (idle_wait, 0)
                     # Rate-limited: come back when the bucket has a slot, not a whole idle wait on.
-                    wait = min([idle_wait, remaining, *round_.limited.values()])
-                    self.drain(wait=max(0.01, wait) if remaining > 0 else 0.0)
+                    wait = min([idle, remaining, *round_.limited.values()])
+                    if self.drain(wait=max(0.01, wait) if remaining > 0 else 0.0).woken:
+                        rechecks = WAKE_RECHECKS
             except (redis.RedisError, SQLAlchemyError, LimiterUnavailable) as exc:
                 # Redis or the database restarting: the work stays where it is; try again.
                 log.warning("worker step failed, retrying in 1s: %s: %s", type(exc).__name__, exc)
