@@ -122,6 +122,8 @@ class Dispatcher:
         self.lease_margin = min(2.0, lease_seconds / 10)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
         self._want: dict[str, int] = {}
+        self._send_time: float | None = None
+        """Seconds one request takes, a moving average (see ``_sendable``)."""
         self._turn = 0
 
     def active_destinations(self) -> tuple[list[str], list[str]]:
@@ -242,9 +244,8 @@ class Dispatcher:
                 report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
         if not granted:
             return []
-        claimed = self.outbox.claim_due_each(
-            {name: len(grant.tickets) for name, (grant, _) in granted.items()}, self.lease_seconds
-        )
+        sendable = self._sendable({name: grant for name, (grant, _) in granted.items()})
+        claimed = self.outbox.claim_due_each(sendable, self.lease_seconds)
         rows: dict[str, list[Claim]] = {name: [] for name in granted}
         for claim in claimed:
             rows[claim.destination].append(claim)
@@ -269,6 +270,33 @@ class Dispatcher:
             tickets = grant.tickets[: len(claims)]
             work += [(claim, probe, ticket) for claim, ticket in zip(claims, tickets, strict=True)]
         return work
+
+    def _sendable(self, grants: Mapping[str, Grant]) -> dict[str, int]:
+        """How many of each grant's slots this round can keep: its requests go out
+        ``concurrency`` at a time, each taking about ``send_time``; a slot whose request
+        would start more than half the limiter's late margin after it is given back now.
+
+        Slots of a limit far above what one worker sends all fall at once: the last of a
+        big round would be missed, each costing a fresh reservation and a check (two Redis
+        round trips) instead of one claim in the next round.
+        """
+        counts = {name: len(grant.tickets) for name, grant in grants.items()}
+        if self._send_time is None:
+            return counts  # nothing measured yet
+        # In slot order; slots due at the same moment alternate between destinations.
+        slots = sorted(
+            (ticket.at, i, name)
+            for name, grant in grants.items()
+            for i, ticket in enumerate(grant.tickets)
+        )
+        start = time.monotonic()
+        budget = self.limiter.late_margin / 2
+        # At least one each: a probe, or a destination late in a crowded round, goes out.
+        counts = dict.fromkeys(grants, 1)
+        for k, (at, i, name) in enumerate(slots):
+            if i > 0 and start + (k // self.concurrency) * self._send_time - at <= budget:
+                counts[name] += 1
+        return counts
 
     def _gave_up(self, claim: Claim, report: DispatchReport) -> bool:
         """Mark a claim dead, unsent, if its earlier attempts used up every one allowed.
@@ -334,7 +362,9 @@ class Dispatcher:
                 log.debug("lease of event_id=%s too short to send; released", claim.event_id)
                 return None, self.outbox.release(claim, 0.0)
             try:
+                sending = time.monotonic()
                 outcome = self.send(destination, claim, before_write=gate)
+                self._sent(time.monotonic() - sending)
             except SlotMissed:
                 continue  # nothing was written: wait for a fresh slot (the old one is stale)
             break
@@ -404,6 +434,11 @@ class Dispatcher:
                 continue
             round_.trouble.clear()
             return recorded
+
+    def _sent(self, seconds: float) -> None:
+        """One request took ``seconds`` (this thread's share of the process included)."""
+        last = self._send_time
+        self._send_time = seconds if last is None else last + 0.1 * (seconds - last)
 
     def _throttled(self, destination: Destination, outcome: Outcome) -> Outcome:
         """A 429 means the budget was wrong: pause the scope for every worker, slow it down."""

@@ -100,7 +100,14 @@ class Worker:
             max_item_bytes=settings.max_event_bytes,
         )
         self.pauses = Pauses(self.redis, self.keys, probe_seconds=settings.pause_probe_seconds)
-        self.http = make_http_client(settings.connect_timeout, settings.read_timeout)
+        # Keep-alive connections for every sending thread to every destination: a pool
+        # smaller than that makes requests queue for a connection, or close another
+        # destination's idle one and open a new one (a handshake) per request.
+        self.http = make_http_client(
+            settings.connect_timeout,
+            settings.read_timeout,
+            pool=settings.send_concurrency * max(1, len(self.destinations)),
+        )
         self.limiter = limiter or self.build_limiter()
         self.dispatcher = Dispatcher(
             self.outbox,
