@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,26 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
     print("  ".join("-" * w for w in widths))
     for row in cells[1:]:
         print(line(row))
+
+
+# -- the one summary table (python -m bench) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One line of the summary: a measurement beside its baseline from the same run."""
+
+    measure: str
+    relay: str
+    baseline: str
+    ratio: str
+    target: str = ""
+
+
+FIGURES: list[Figure] = []
+"""What the benchmarks of this process reported, in order; ``python -m bench`` prints them."""
+
+
+def summarize(measure: str, relay: str, baseline: str, ratio: str, target: str = "") -> None:
+    """Add one line to the summary table (each benchmark still prints its own details)."""
+    FIGURES.append(Figure(measure, relay, baseline, ratio, target))

@@ -46,7 +46,7 @@ import psutil
 if not __package__:  # run as a file: make `bench` and `relay` importable from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import print_table, redis_server, start_postgres
+from bench.common import print_table, redis_server, start_postgres, summarize
 from bench.limits import peak
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
@@ -273,6 +273,21 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )  # fmt: skip
+    for r in rows:
+        summarize(
+            f"{r['keys']} DataLook keys, backlog on each: sustained ({args.workers} workers)",
+            f"{r['rate']:.0f}/s, {r['rate_limited']} 429s",
+            f"aggregate limit {r['limit']:.0f}/s",
+            f"{r['rate'] / r['limit']:.1%}",
+            "≥ 95% at 20 keys, 0 429s",
+        )
+        summarize(
+            f"{r['keys']} DataLook keys: least / most served key",
+            f"{r['min_share']:.1%} / {r['max_share']:.1%}",
+            "each key's limit",
+            f"{r['min_share'] / r['max_share']:.2f}" if r["max_share"] else "n/a",
+            "no key < 90% while others above",
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

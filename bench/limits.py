@@ -41,6 +41,7 @@ from bench.common import (
     redis_server,
     servoki_event,
     start_postgres,
+    summarize,
 )
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
@@ -252,6 +253,15 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )  # fmt: skip
+    for r in rows:
+        summarize(
+            f"{r['api']} at its documented limit, {r['workers']} worker(s): sustained",
+            f"{r['rate']:.2f}/s, {r['rate_limited']} 429s, "
+            f"slot→write p99 {r['write_p99_ms']:.0f} ms",
+            f"limit {r['limit']}",
+            f"{r['fraction']:.1%}",
+            "the limit, 0 429s",
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 import relay
-from bench.common import Postgres, print_table, redis_server, start_postgres
+from bench.common import Postgres, percentile, print_table, redis_server, start_postgres, summarize
 from bench.e2e import Env, arrivals, idle_events, latencies, latency_cells, wait_for
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
@@ -121,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                 for name, send in (("session", in_session), ("connection", on_connection)):
                     values = run_path(env, backend, send, args.events, args.spacing)
                     rows.append([f"enqueue_in({name}), {backend}", *latency_cells(values, base)])
+                    summarize(
+                        f"pickup, enqueue_in({name}) → API, {backend}: p50",
+                        f"{percentile(values, 50) * 1e3:.1f} ms",
+                        f"enqueue() {percentile(base, 50) * 1e3:.1f} ms",
+                        f"{percentile(values, 50) / percentile(base, 50):.2f}x",
+                        "as fast as a queued event",
+                    )
                 with without_wakeups():
                     values = run_path(env, backend, in_session, args.events // 3, args.spacing)
                 rows.append([f"  same, no wake-up, {backend}", *latency_cells(values, base)])

@@ -25,7 +25,7 @@ if not __package__:  # run as a file: make `bench` and `relay` importable from t
 
 import httpx
 
-from bench.common import free_port, percentile, print_table, ratio, redis_server
+from bench.common import free_port, percentile, print_table, ratio, redis_server, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVOKI_KEY = "servoki_benchkey0123456789"
@@ -124,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(30)
             for q in (50, 99):
                 with_relay, without = percentile(pay, q), percentile(ping, q)
+                summarize(
+                    f"web request with enqueue(), {name}: p{q}",
+                    f"{with_relay:.0f} µs ({with_relay - without:+.0f} µs)",
+                    f"same handler without it {without:.0f} µs",
+                    ratio(with_relay, without),
+                    "report",
+                )
                 rows.append(
                     [
                         f"{name} p{q}",
