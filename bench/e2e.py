@@ -53,6 +53,7 @@ from bench.common import (
     redis_server,
     servoki_event,
     start_postgres,
+    summarize,
 )
 from relay.destinations.base import HttpRequest
 from relay.dev.sandbox import SandboxProcess
@@ -177,6 +178,14 @@ def bench_enqueue(env: Env, transport: str, calls: int) -> tuple[list[object], l
     many_eps = 100 * len(many_times) / sum(many_times)
     bare_many_eps = 100 * len(bare_many_times) / sum(bare_many_times)
     size = sum(map(len, items)) / len(items)
+    for q, mine, base in ((50, r50, b50), (99, r99, b99)):
+        summarize(
+            f"enqueue() p{q}, {transport} ({calls} calls, {size:.0f} B)",
+            f"{us(mine)} µs",
+            f"bare RPUSH {us(base)} µs",
+            ratio(mine, base),
+            f"≤ {'1.3' if q == 50 else '1.5'}x",
+        )
     single = [f"enqueue() x{calls}, {transport}, {size:.0f} B", us(r50), us(b50), ratio(r50, b50)]
     single += [us(r99), us(b99), ratio(r99, b99)]
     many = [f"enqueue_many(100) x{batches}, {transport}", f"{many_eps:,.0f}"]
@@ -361,6 +370,20 @@ def bench_throughput(env: Env, backends: list[str], n: int) -> list[list[object]
         enqueuer.close()
 
         bare_eps = n / bare_s
+        summarize(
+            f"end to end, limits off, {backend} ({n} events)",
+            f"{n / flush_s:,.0f} ev/s",
+            f"bare httpx loop {bare_eps:,.0f}/s",
+            ratio(n / flush_s, bare_eps),
+            "≥ 0.6x",
+        )
+        summarize(
+            f"CPU per 1,000 delivered events, {backend}",
+            f"{flush_cpu / n * 1000:.2f} s",
+            f"bare loop {bare_cpu / n * 1000:.2f} s",
+            ratio(flush_cpu, bare_cpu),
+            "report",
+        )
         rows.append(
             [f"bare httpx loop (before {backend})", f"{bare_eps:,.0f}", "",
              f"{bare_cpu / n * 1000:.2f}", "", *blank]
