@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from relay.destinations import Destination, build_destinations
 from relay.errors import InvalidEvent, RelayUnavailable, UnknownDestination
-from relay.keys import Keys, lua
+from relay.keys import Keys, as_text, lua
 from relay.queue import wire
 from relay.queue.push import ListPusher
 from relay.settings import Settings, load_settings
@@ -147,7 +147,7 @@ class Enqueuer:
         batch = wire.parse_items(items, frozenset(self.destinations), self.max_bytes)
         if batch.poison:
             item, reason = batch.poison[0]
-            raise InvalidEvent(wire.as_text(item)[:80], "an event the outbox can store", reason)
+            raise InvalidEvent(as_text(item)[:80], "an event the outbox can store", reason)
         transaction.insert(batch.events)
         transaction.on_commit(self.wake)
 

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply (bytes, or str from a client that decodes) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def lua(package: str, name: str) -> str:
     """The text of the script ``name`` (e.g. ``"take_batch.lua"``) in ``package``'s ``lua/``."""
     return files(package).joinpath("lua", name).read_text()

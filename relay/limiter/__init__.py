@@ -1,7 +1,9 @@
-"""Shared rate limits: documented limits turned into Redis token buckets.
+"""When a destination may send: shared rate limits and pauses, in Redis, for every worker.
 
     budget.py   RateLimit ("600/60s") → Budget (capacity, rate) that cannot exceed it
     bucket.py   RedisLimiter: GCRA buckets in Redis, on Redis's clock, for every worker
+    pauses.py   a destination paused (401/403, a wrong URL, an operator) and its probe
+    lua/        the buckets' and the pauses' scripts
 
 The seam the delivery engine calls (``Limiter``, its ``Grant`` and ``Ticket``) is
 :mod:`relay.limiter.base`.

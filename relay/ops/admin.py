@@ -23,8 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from relay.destinations import Destination, build_destinations
 from relay.errors import ConfigError, EventNotFound, UnknownDestination, Unreachable
-from relay.keys import Keys
+from relay.keys import Keys, as_text
 from relay.limiter.budget import RateLimit, plan
+from relay.limiter.pauses import Pauses
 from relay.ops.reports import (
     DestinationStatus,
     EventDetail,
@@ -44,10 +45,8 @@ from relay.outbox.queries import Backlog, Filters, OutboxRow, Overview, Progress
 from relay.outbox.schema import Status
 from relay.queue import embedded
 from relay.queue.memory import FULL_ADVICE, RedisMemory, redis_memory
-from relay.queue.wire import as_text
 from relay.settings import DestinationConfig, Settings
 from relay.urls import describe_error, safe_url
-from relay.worker.pauses import Pauses
 
 QUEUE_SCAN_CAP = 10_000
 """Per-destination queue counts read the whole list; above this length they are skipped."""

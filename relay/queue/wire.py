@@ -126,11 +126,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def as_text(value: bytes | str) -> str:
-    """A Redis reply (bytes, or str from a client that decodes) as text."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _parse_one(item: bytes, known: frozenset[str], max_bytes: int) -> NewEvent:
     if len(item) > max_bytes:
         raise ValueError(f"item of {len(item)} bytes is over the {max_bytes} byte limit")

@@ -29,11 +29,11 @@ from relay.destinations import Destination
 from relay.destinations.outcome import Outcome, Verdict, truncate
 from relay.errors import LimiterUnavailable
 from relay.limiter.base import Grant, Limiter, SlotMissed, Ticket
+from relay.limiter.pauses import Pauses
 from relay.outbox.outcomes import Finish
 from relay.outbox.store import Claim, Outbox, refused_for_data, utcnow
 from relay.worker import failpoints, metrics
 from relay.worker.group_commit import GroupCommit
-from relay.worker.pauses import Pauses
 from relay.worker.retry import RetryPolicy
 from relay.worker.transport import BODY_LIMIT, deadline, read_body
 

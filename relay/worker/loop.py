@@ -19,6 +19,7 @@ from relay.errors import LimiterUnavailable
 from relay.keys import Keys
 from relay.limiter import RedisLimiter, budgets_for
 from relay.limiter.base import Limiter
+from relay.limiter.pauses import Pauses
 from relay.outbox.engine import make_engine
 from relay.outbox.migrate import ensure_current
 from relay.outbox.store import Inserted, Outbox
@@ -27,7 +28,6 @@ from relay.queue.consumer import Queue
 from relay.settings import Settings
 from relay.worker import failpoints, metrics
 from relay.worker.delivery import Dispatcher, DispatchReport
-from relay.worker.pauses import Pauses
 from relay.worker.retry import RetryPolicy
 from relay.worker.transport import make_http_client
 

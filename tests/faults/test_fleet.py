@@ -27,9 +27,8 @@ import pytest
 import redis
 
 from relay.dev.sandbox import SandboxProcess
-from relay.keys import Keys
+from relay.keys import Keys, as_text
 from relay.limiter import RateLimit, plan
-from relay.queue.wire import as_text
 from relay.settings import Settings
 from tests.support.faults import stop, wait_for
 from tests.support.fleet import Host, Producer, leased_rows, pending_rows, rate, start_host

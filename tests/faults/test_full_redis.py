@@ -28,6 +28,7 @@ from relay.enqueue import Enqueuer
 from relay.keys import Keys
 from relay.limiter import RedisLimiter
 from relay.limiter.budget import RateLimit, plan
+from relay.limiter.pauses import Pauses
 from relay.ops.admin import Admin
 from relay.outbox.engine import make_engine
 from relay.outbox.migrate import upgrade
@@ -36,7 +37,6 @@ from relay.queue.consumer import Queue
 from relay.queue.memory import redis_memory
 from relay.settings import Settings
 from relay.worker.loop import Worker
-from relay.worker.pauses import Pauses
 from tests.support.services import ROOT, RedisServer, relay_env
 
 PADDING = "x" * 900

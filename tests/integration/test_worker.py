@@ -331,7 +331,7 @@ def test_worker_warns_when_redis_can_lose_events(
 
 
 def test_refused_probes_back_off(make_settings: Callable[..., Settings]) -> None:
-    from relay.worker.pauses import Pauses
+    from relay.limiter.pauses import Pauses
 
     worker = Worker(make_settings(pause_probe_seconds=10))
     try:

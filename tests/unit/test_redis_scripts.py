@@ -16,7 +16,7 @@ def test_every_script_touches_only_declared_keys() -> None:
     scripts = sorted(
         (
             p
-            for part in ("relay.queue", "relay.limiter", "relay.worker")
+            for part in ("relay.queue", "relay.limiter")
             for p in files(part).joinpath("lua").iterdir()
             if p.name.endswith(".lua")
         ),

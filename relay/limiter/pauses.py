@@ -14,8 +14,7 @@ from typing import Any
 
 import redis
 
-from relay.keys import Keys, lua
-from relay.queue.wire import as_text
+from relay.keys import Keys, as_text, lua
 
 log = logging.getLogger("relay.pauses")
 
@@ -34,9 +33,9 @@ class Pauses:
         self.probe_seconds = probe_seconds
         self.probe_cap = probe_cap
         # Scripts, not HSET / SET NX: they also work on a full Redis (see lua/pause.lua).
-        self._pause = client.register_script(lua("relay.worker", "pause.lua"))
-        self._probe_lock = client.register_script(lua("relay.worker", "probe_lock.lua"))
-        self._resume = client.register_script(lua("relay.worker", "resume.lua"))
+        self._pause = client.register_script(lua("relay.limiter", "pause.lua"))
+        self._probe_lock = client.register_script(lua("relay.limiter", "probe_lock.lua"))
+        self._resume = client.register_script(lua("relay.limiter", "resume.lua"))
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Paused destinations → their record (reason, since, probe_at, interval, status)."""
