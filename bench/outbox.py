@@ -57,6 +57,7 @@ from bench.common import (
     ratio,
     redis_server,
     start_postgres,
+    summarize,
 )
 from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
@@ -251,6 +252,20 @@ def bench_claims(outboxes: Outboxes, backends: list[str]) -> list[list[object]]:
             label = f"{backend}, {shape}"
             small_claim, big_claim = min(claims[SMALL]), min(claims[big])
             small_flush, big_flush = min(flushes[SMALL]), min(flushes[big])
+            summarize(
+                f"claim_due(100) beside {big:,} rows, {label}",
+                f"{big_claim:.2f} ms",
+                f"{small_claim:.2f} ms beside {SMALL:,}",
+                ratio(big_claim, small_claim),
+                "<= 2x",
+            )
+            summarize(
+                f"flush {DUE:,} events beside {big:,} rows, {label}",
+                f"{big_flush:.2f} s",
+                f"{small_flush:.2f} s beside {SMALL:,}",
+                ratio(big_flush, small_flush),
+                "<= 2x",
+            )
             rows.append(
                 [
                     f"claim_due(100), {label}",
@@ -348,6 +363,15 @@ def bench_operators(outboxes: Outboxes, backends: list[str]) -> list[list[object
         for shape in ("delivered", "paused"):
             small = time_operators(outboxes.env, outboxes.url(backend, shape, SMALL))
             big = time_operators(outboxes.env, outboxes.url(backend, shape, outboxes.big))
+            slowest = max(big, key=lambda name: big[name])
+            summarize(
+                f"slowest operator command beside {outboxes.big:,} rows, {backend}, {shape}: "
+                f"{slowest}",
+                f"{big[slowest] * 1000:.0f} ms",
+                f"{small[slowest] * 1000:.0f} ms beside {SMALL:,}",
+                ratio(big[slowest], small[slowest]),
+                "< 1 s",
+            )
             for name in small:
                 rows.append(
                     [
@@ -393,7 +417,9 @@ def bench_sizes(outboxes: Outboxes, backends: list[str]) -> list[list[object]]:
         measured = outboxes.sizes[backend]
         for name, size in measured.items():
             rows.append([f"{backend}: {name}", f"{size:,.1f} MiB"])
-        rows.append([f"{backend}: all", f"{sum(measured.values()):,.1f} MiB"])
+        total = sum(measured.values())
+        rows.append([f"{backend}: all", f"{total:,.1f} MiB"])
+        summarize(f"outbox size per million rows, {backend}", f"{total:,.0f} MiB", "-", "-")
     return rows
 
 
@@ -456,6 +482,14 @@ def bench_prune(outboxes: Outboxes, backends: list[str]) -> list[list[object]]:
 
         def ms(values: list[float], q: float) -> str:
             return f"{percentile(values, q) * 1000:.1f}"
+
+        summarize(
+            f"claim max while prune deletes {pruned:,} rows ({pruned / took:,.0f}/s), {backend}",
+            f"{ms(busy, 100)} ms",
+            f"{ms(quiet, 100)} ms with no prune",
+            ratio(max(busy), max(quiet)),
+            "no long waits",
+        )
 
         rows.append(
             [
@@ -552,6 +586,13 @@ def bench_memory(env: Env, backends: list[str], backlog: int) -> list[list[objec
             next((rss for done, rss in samples if done >= backlog * step / 10), last)
             for step in range(1, 11)
         ]
+        summarize(
+            f"worker max RSS draining {backlog:,} events, {backend}",
+            f"{max_rss / 1024:.1f} MiB",
+            f"{start_rss / 1024:.1f} MiB at 5% delivered",
+            ratio(max_rss, start_rss),
+            "<= 1.20x",
+        )
         rows.append(
             [
                 f"relay flush {backlog:,} events, {backend}",
