@@ -16,6 +16,14 @@ from typing import Any
 import redis
 from redis.connection import AbstractConnection
 
+try:
+    from redis.driver_info import resolve_driver_info
+    from redis.utils import SENTINEL
+
+    _DRIVER_INFO = True
+except ImportError:  # redis-py before 7 looks nothing up per connection
+    _DRIVER_INFO = False
+
 
 class ListPusher:
     """Appends items to one Redis list; safe to share between threads and across ``fork``.
@@ -28,7 +36,14 @@ class ListPusher:
     def __init__(self, url: str, key: str, **connection_options: Any) -> None:
         pool = redis.ConnectionPool.from_url(url, **connection_options)  # parses the URL only
         self._connection_class = pool.connection_class
-        self._connection_kwargs = pool.connection_kwargs
+        self._connection_kwargs = dict(pool.connection_kwargs)
+        if _DRIVER_INFO and "driver_info" not in self._connection_kwargs:
+            # redis-py reads its own version from the package metadata for every connection it
+            # makes (0.7 ms): while Redis is down every enqueue() makes one, so read it once.
+            self._connection_kwargs["driver_info"] = resolve_driver_info(
+                lib_name=self._connection_kwargs.pop("lib_name", SENTINEL),
+                lib_version=self._connection_kwargs.pop("lib_version", SENTINEL),
+            )
         encoded = key.encode()
         self._key = b"$%d\r\n%s\r\n" % (len(encoded), encoded)
         self._idle: list[AbstractConnection] = []

@@ -192,3 +192,28 @@ def test_enqueue_after_a_redis_restart_goes_to_redis_not_the_fallback(
             relay.enqueue("servoki", {"event_type": "purchase"}, event_id="down")
     finally:
         enqueuer.close()
+
+
+def test_redis_down_costs_no_package_metadata_lookup_per_call(
+    tmp_path: Path, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While Redis is down every enqueue() opens a new connection; redis-py would read its own
+    version from the package metadata for each (0.7 ms, most of a fallback's cost). The pusher
+    reads it once; its connections still tell Redis who they are (CLIENT SETINFO)."""
+    import importlib.metadata
+
+    pusher = ListPusher(f"unix://{tmp_path / 'nobody.sock'}", key, **TIMEOUTS)
+    lookups: list[str] = []
+    real_version = importlib.metadata.version
+
+    def counted(name: str) -> str:
+        lookups.append(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", counted)
+    for _ in range(5):
+        with pytest.raises(redis.ConnectionError):
+            pusher.push([b"x"])
+    assert lookups == []
+    info = pusher._connection_kwargs.get("driver_info")
+    assert info is not None and info.lib_version == real_version("redis")
