@@ -46,7 +46,7 @@ from relay.keys import Keys
 from relay.outbox.engine import make_engine
 from relay.outbox.migrate import upgrade
 from relay.settings import Settings
-from relay.worker.loop import FlushReport, Worker
+from tests.support.pipeline import delivered_ids, flush
 from tests.support.services import ROOT, SECRETS, relay_env
 
 MANAGE = ROOT / "examples" / "django_shop" / "manage.py"
@@ -101,18 +101,6 @@ def project(django_project: None, settings: Settings) -> Iterator[Settings]:
 
 def queued(settings: Settings, client: redis.Redis) -> int:
     return int(client.llen(Keys(settings.namespace).queue))
-
-
-def flush(settings: Settings) -> FlushReport:
-    worker = Worker(settings)
-    try:
-        return worker.flush(max_wait=5)
-    finally:
-        worker.close()
-
-
-def delivered_ids(sandbox: SandboxProcess) -> list[str]:
-    return sorted(e["body"]["event_id"] for e in sandbox.events("servoki"))
 
 
 def purchase(currency: str = "EUR") -> dict[str, Any]:

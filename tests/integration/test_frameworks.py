@@ -24,7 +24,7 @@ from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer, default_enqueuer
 from relay.errors import ConfigError
 from relay.settings import Settings
-from relay.worker.loop import FlushReport, Worker
+from tests.support.pipeline import delivered_ids, flush
 from tests.support.services import relay_env
 
 
@@ -50,18 +50,6 @@ def fresh(module: str) -> ModuleType:
 
 def orders(n: int) -> list[dict[str, object]]:
     return [{"id": f"o{i}", "value": 10.0 + i, "currency": "EUR"} for i in range(n)]
-
-
-def flush(settings: Settings) -> FlushReport:
-    worker = Worker(settings)
-    try:
-        return worker.flush(max_wait=5)
-    finally:
-        worker.close()
-
-
-def delivered_ids(sandbox: SandboxProcess) -> list[str]:
-    return sorted(e["body"]["event_id"] for e in sandbox.events("servoki"))
 
 
 @pytest.mark.usefixtures("environment")

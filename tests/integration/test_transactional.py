@@ -30,12 +30,13 @@ from relay.keys import Keys
 from relay.outbox.schema import outbox
 from relay.queue import wire
 from relay.settings import Settings
-from relay.worker.loop import FlushReport, Worker
+from relay.worker.loop import Worker
 from tests.integration.test_django import (  # the Django project and its outbox alias
     django_project,  # noqa: F401
     outbox_alias,  # noqa: F401
     relay_dict,
 )
+from tests.support.pipeline import delivered_ids, flush
 
 
 class Boom(Exception):
@@ -76,18 +77,6 @@ def rows(engine: Engine) -> list[tuple[str, str]]:
 
 def queued(settings: Settings, client: redis.Redis) -> list[bytes]:
     return list(client.lrange(Keys(settings.namespace).queue, 0, -1))
-
-
-def flush(settings: Settings) -> FlushReport:
-    worker = Worker(settings)
-    try:
-        return worker.flush(max_wait=5)
-    finally:
-        worker.close()
-
-
-def delivered_ids(sandbox: SandboxProcess) -> list[str]:
-    return sorted(e["body"]["event_id"] for e in sandbox.events("servoki"))
 
 
 # -- commit, rollback, savepoints --------------------------------------------------------------

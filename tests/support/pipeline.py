@@ -6,10 +6,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from relay.dev.sandbox import SandboxProcess
 from relay.enqueue import Enqueuer
 from relay.outbox.schema import outbox
 from relay.settings import Settings
-from relay.worker.loop import Worker
+from relay.worker.loop import FlushReport, Worker
 
 
 def enqueue(settings: Settings, destination: str, payloads: list[dict[str, Any]]) -> list[str]:
@@ -32,3 +33,17 @@ def rows(worker: Worker) -> dict[str, Any]:
     """The worker's outbox rows by event id."""
     with worker.engine.connect() as conn:
         return {row.event_id: row for row in conn.execute(select(outbox))}
+
+
+def flush(settings: Settings, max_wait: float = 5) -> FlushReport:
+    """``relay flush`` in this process: drain and deliver until nothing is due."""
+    worker = Worker(settings)
+    try:
+        return worker.flush(max_wait=max_wait)
+    finally:
+        worker.close()
+
+
+def delivered_ids(sandbox: SandboxProcess) -> list[str]:
+    """The event ids Servoki's sandbox accepted, sorted."""
+    return sorted(e["body"]["event_id"] for e in sandbox.events("servoki"))
