@@ -94,11 +94,14 @@ def test_kill_after_the_api_accepted(
     result = run_flush(settings)
     assert result.returncode == 0, result.stderr
     doubles = work.check(sandbox, settings)
-    # Servoki dropped the resends (same event_id); DataLook has no dedup: at most the requests
-    # in flight when the worker died were sent twice.
+    # Servoki dropped the resends (same event_id); DataLook has no dedup. What is resent is what
+    # the worker had sent without writing its outcome: the round's outcomes waiting for their
+    # group commit (at most one round, dispatch_batch rows per destination) and the requests
+    # in flight (relay/worker/group_commit.py).
+    lost_at_most = settings.dispatch_batch + settings.send_concurrency
     print(f"DataLook double sends after kill -9 mid-dispatch: {sum(doubles.values())}")
-    assert sum(doubles.values()) <= settings.send_concurrency * settings.dispatch_batch
-    assert sandbox.stats()["servoki"]["duplicates"] <= settings.dispatch_batch
+    assert sum(doubles.values()) <= lost_at_most
+    assert sandbox.stats()["servoki"]["duplicates"] <= lost_at_most
 
 
 def test_sqlite_two_workers_no_double_claim(
