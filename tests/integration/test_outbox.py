@@ -204,7 +204,13 @@ def test_discard_leaves_a_row_being_sent_alone(
             conn.execute(
                 update(outbox)
                 .where(outbox.c.event_id == sending)
-                .values(status="pending", lease_token="gone", next_attempt_at=utcnow())
+                # Ended a second ago: the database's now (milliseconds on SQLite) may still be
+                # inside this very millisecond of the host's clock.
+                .values(
+                    status="pending",
+                    lease_token="gone",
+                    next_attempt_at=utcnow() - timedelta(seconds=1),
+                )
             )
         assert outbox_admin.discard(worker.engine, ids=ids) == 1
     finally:
