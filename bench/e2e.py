@@ -65,7 +65,6 @@ from relay.outbox.store import utcnow
 from relay.settings import Settings
 from relay.worker.delivery import encode_body
 from relay.worker.loop import Worker
-from relay.worker.transport import make_http_client
 
 BLOCK = 100
 """Calls per block when alternating the two sides of a latency comparison."""
@@ -275,6 +274,11 @@ def requests_for(worker: Worker, items: list[bytes]) -> list[HttpRequest]:
     return out
 
 
+def bare_client() -> httpx.Client:
+    """The baseline: a plain httpx client with the relay's default timeouts, nothing else."""
+    return httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
+
+
 def post_all(
     client: httpx.Client, requests: list[HttpRequest], threads: int = 1
 ) -> tuple[float, float]:
@@ -332,7 +336,7 @@ def bench_throughput(env: Env, backends: list[str], n: int) -> list[list[object]
     """
     rows: list[list[object]] = []
     sandbox = env.sandbox
-    http = make_http_client(3.0, 10.0)
+    http = bare_client()
     concurrency = Settings.model_fields["send_concurrency"].default
     blank = [""] * (len(THROUGHPUT_HEADER) - 5)
     for backend in backends:
@@ -444,7 +448,7 @@ def bench_idle(env: Env, backends: list[str], plan: Plan) -> list[list[object]]:
     settings = env.settings()
     worker = Worker(settings)
     enqueuer = Enqueuer(settings)
-    http = make_http_client(3.0, 10.0)
+    http = bare_client()
     sandbox.reset()
     sent: dict[str, float] = {}
     for label, dest, payload in events:

@@ -37,6 +37,24 @@ MAX_MISSES = 5
 """Slots a request may miss (or find stale) in a row before its row goes back for later."""
 DEFAULT_PAUSE = 1.0
 """Seconds a scope pauses after a 429 that carries no usable Retry-After."""
+CHECK_REUSE = 0.005
+"""Seconds one pre-send check of a set of buckets serves this process's other sends to them.
+
+Each request is checked just before it goes out (a 429 elsewhere since its slot was granted
+stops it); at hundreds of requests a second that check was a Redis round trip per request,
+the largest cost after the request itself. Within this window a 429 answered to another
+process is seen by the next check, a few requests later at most; one answered to this process
+is seen at once (``throttle`` drops the reuse)."""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """One pre-send check's answer (Redis µs), taken at ``at`` (monotonic, before the call)."""
+
+    at: float
+    now: int
+    paused_until: int
+    throttled_at: int
 
 
 @dataclass
@@ -49,6 +67,8 @@ class LimiterStats:
     stale: int = 0
     paused: int = 0
     throttles: int = 0
+    checks: int = 0
+    """Pre-send checks that went to Redis (the others reused one, see ``CHECK_REUSE``)."""
     max_late: float = 0.0
     write_late: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     """Seconds from slot to the request's first byte, per request (the newest 100,000)."""
@@ -94,6 +114,7 @@ class RedisLimiter:
         floor: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        check_reuse: float = CHECK_REUSE,
     ) -> None:
         self.redis = client
         self.keys = keys
@@ -109,6 +130,8 @@ class RedisLimiter:
         self.clock = clock
         self.sleep = sleep
         self.stats = LimiterStats()
+        self.check_reuse = check_reuse
+        self._checked: dict[tuple[str, ...], _Checked] = {}
         self._down = False
         self._lock = threading.Lock()
         self._reserve = client.register_script(lua("relay.limiter", "reserve.lua"))
@@ -183,7 +206,7 @@ class RedisLimiter:
                     self.stats.missed += 1
                 log.debug("missed a slot of %s by %.3fs; reserving again", ticket.scopes, late)
             else:
-                verdict = int(self._call(self._check, self._keys(ticket.scopes), [ticket.issued]))
+                verdict = self._verdict(ticket)
                 if verdict > 0:
                     with self._lock:
                         self.stats.paused += 1
@@ -204,9 +227,32 @@ class RedisLimiter:
         # This process cannot keep its slots (starved of CPU?): give the row back for later.
         return Clearance(ticket.at, paused_for=1.0)
 
+    def _verdict(self, ticket: Ticket) -> int:
+        """May ``ticket``'s request go now? 0 go, > 0 µs its buckets stay paused, < 0 its slot
+        is stale (a 429 came after it was granted). Asks Redis unless a check of the same
+        buckets was made less than ``check_reuse`` ago."""
+        started = self.clock()
+        with self._lock:
+            checked = self._checked.get(ticket.scopes)
+        if checked is None or started - checked.at > self.check_reuse:
+            now, paused_until, throttled_at = (
+                int(x) for x in self._call(self._check, self._keys(ticket.scopes), [])
+            )
+            checked = _Checked(started, now, paused_until, throttled_at)
+            with self._lock:
+                self._checked[ticket.scopes] = checked
+                self.stats.checks += 1
+        now = checked.now + int((self.clock() - checked.at) * 1e6)
+        if checked.paused_until > now:
+            return checked.paused_until - now
+        return -1 if checked.throttled_at >= ticket.issued else 0
+
     def throttle(self, scopes: Sequence[str], retry_after: float | None) -> float:
         """Pause ``scopes`` for every worker until Retry-After passes; cut their rate."""
         scopes = tuple(scopes)
+        with self._lock:  # this process's own 429: its next check asks Redis
+            for checked in [key for key in self._checked if set(key) & set(scopes)]:
+                del self._checked[checked]
         pause = DEFAULT_PAUSE if retry_after is None or math.isnan(retry_after) else retry_after
         pause = min(max(pause, 0.0), self.pause_cap)
         args: list[Any] = [int(pause * 1_000_000), repr(self.cut), repr(self.floor)]

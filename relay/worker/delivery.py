@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import httpx
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,7 +34,7 @@ from relay.outbox.store import Claim, Outbox, refused_for_data, utcnow
 from relay.worker import failpoints, metrics
 from relay.worker.group_commit import GroupCommit
 from relay.worker.retry import RetryPolicy
-from relay.worker.transport import BODY_LIMIT, deadline, read_body
+from relay.worker.transport import TIMEOUTS, TRANSPORT_ERRORS, HttpClient
 
 log = logging.getLogger("relay.delivery")
 
@@ -85,7 +84,7 @@ class Dispatcher:
         self,
         outbox: Outbox,
         destinations: Mapping[str, Destination],
-        http: httpx.Client,
+        http: HttpClient,
         pauses: Pauses,
         limiter: Limiter,
         policies: Mapping[str, RetryPolicy],
@@ -480,23 +479,17 @@ class Dispatcher:
         budget = min(self.send_seconds, claim.lease_left() - self.lease_margin)
         try:
             request = destination.build_request(encode_body(claim.payload))
-            with (
-                deadline(budget, before_write=before_write),
-                self.http.stream(
-                    request.method, request.url, headers=request.headers, content=request.body
-                ) as response,
-            ):
-                body = read_body(response, BODY_LIMIT)
-            return destination.classify(response.status_code, response.headers, body)
+            answer = self.http.send(request, budget, before_write=before_write)
+            return destination.classify(answer.status, answer.headers, answer.body)
         except SlotMissed:
             raise
-        except httpx.TimeoutException as exc:
+        except TIMEOUTS as exc:
             return Outcome.retry(None, f"timeout: {type(exc).__name__} ({budget:.1f}s deadline)")
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
             detail = f"connection error: {type(exc).__name__}: {exc}"
         except Exception as exc:  # anything else must not lose the round
-            # A protocol error, an undecodable body, a bug: logged in full, retried, and dead
-            # with this detail once the attempts run out.
+            # An undecodable body, a bug: logged in full, retried, and dead with this detail
+            # once the attempts run out.
             log.exception("sending event_id=%s failed unexpectedly", claim.event_id)
             detail = f"unexpected error: {type(exc).__name__}: {exc}"
         return Outcome.retry(None, destination.redact(detail))

@@ -29,7 +29,7 @@ from relay.settings import Settings
 from relay.worker import failpoints, metrics
 from relay.worker.delivery import Dispatcher, DispatchReport
 from relay.worker.retry import RetryPolicy
-from relay.worker.transport import make_http_client
+from relay.worker.transport import HttpClient
 
 log = logging.getLogger("relay.worker")
 
@@ -103,7 +103,7 @@ class Worker:
         # Keep-alive connections for every sending thread to every destination: a pool
         # smaller than that makes requests queue for a connection, or close another
         # destination's idle one and open a new one (a handshake) per request.
-        self.http = make_http_client(
+        self.http = HttpClient(
             settings.connect_timeout,
             settings.read_timeout,
             pool=settings.send_concurrency * max(1, len(self.destinations)),

@@ -1,17 +1,24 @@
-"""The HTTP client deliveries use: every request has one total deadline.
+"""The HTTP client deliveries use: kept-alive connections, TLS verified, one total deadline per
+request.
 
-httpx bounds each phase (connect, each read, each write, the pool), not the request: a body
+Requests go straight to httpcore's connection pool. httpx's client on top of it (URL and
+header merging, cookies, auth and redirect handling, response decoding) cost more CPU per
+request than everything else the relay does for an event, and a delivery needs none of it:
+the destination builds the complete request, redirects are never followed (a redirect means
+the URL is wrong) and the answer is read as text, up to :data:`BODY_LIMIT` bytes.
+
+httpcore bounds each phase (connect, each read, each write, the pool), not the request: a body
 that trickles in a byte at a time never trips the read timeout, and a request can outlive the
 lease that makes it the only one in flight for its event. Here every socket operation (name
-lookup, connect, TLS, each read and write) of a request made inside :func:`deadline` gets at
-most the time left before that deadline, on kept-alive connections too, so the request is over
-(answered, or its connection dropped) by then::
+lookup, connect, TLS, each read and write) of a request gets at most the time left before its
+deadline, on kept-alive connections too, so the request is over (answered, or its connection
+dropped) by then::
 
-    with deadline(seconds):
-        with client.stream("POST", url, content=body) as response:
-            ...
+    answer = client.send(request, seconds, before_write=gate)
 
-An expired deadline raises httpx's own timeout exceptions. TLS verification stays on.
+An expired deadline raises httpcore's timeout exceptions (:data:`TIMEOUTS`); a connection that
+fails raises one of :data:`TRANSPORT_ERRORS`. TLS verification stays on: the context is
+httpx's default (certifi, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``).
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ import socket
 import threading
 import time
 import typing
+import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import httpcore
 import httpx
+
+from relay.destinations.base import HttpRequest
 
 _local = threading.local()
 _CHUNK = 64 * 1024
@@ -63,23 +74,80 @@ BODY_LIMIT = 64 * 1024
 in its place) answering megabytes must not cost the worker more than this."""
 
 
-def read_body(response: httpx.Response, limit: int) -> str:
+TIMEOUTS = httpcore.TimeoutException
+"""What a request raises when a phase's timeout or its total deadline passed."""
+TRANSPORT_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProxyError,
+)
+"""What a request raises when its connection could not be made or broke (TLS refused, reset,
+a malformed answer)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An API's answer to one request."""
+
+    status: int
+    headers: dict[str, str]
+    """Names in lower case; a repeated header's values joined with ", "."""
+    body: str
+    """The first :data:`BODY_LIMIT` bytes, as text."""
+
+
+def read_body(response: httpcore.Response, limit: int) -> str:
     """The first ``limit`` bytes of ``response``'s body as text (bytes not valid in its
     charset become U+FFFD); a body still trickling in at the deadline is cut there: the
     status line has arrived, so the answer is known."""
+    headers = _headers(response.headers)
+    inflate = _decoder(headers.get("content-encoding", ""))
     data = bytearray()
     try:
-        for chunk in response.iter_bytes():
-            data += chunk
+        for chunk in response.iter_stream():
+            data += inflate(chunk, limit - len(data)) if inflate else chunk
             if len(data) >= limit:
                 break  # the rest is never read: the connection is closed, not reused
-    except httpx.TimeoutException:
+    except TIMEOUTS:
         # The status has arrived, so the answer is known; the body is only its detail.
         data += " … (cut: the rest did not arrive before the request's deadline)".encode()
+    except zlib.error as exc:
+        data += f" … (cut: the compressed body is broken: {exc})".encode()
+    charset = _charset(headers.get("content-type", ""))
     try:
-        return bytes(data[:limit]).decode(response.encoding or "utf-8", "replace")
+        return bytes(data[:limit]).decode(charset, "replace")
     except LookupError:  # a charset Python does not know
         return bytes(data[:limit]).decode("utf-8", "replace")
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _charset(content_type: str) -> str:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            return value.strip().strip('"')
+    return "utf-8"
+
+
+def _decoder(encoding: str) -> Callable[[bytes, int], bytes] | None:
+    """A bounded inflater for a gzip or deflate body (none is asked for, but a proxy may
+    compress anyway); None for any other coding, whose bytes are kept as they came."""
+    if encoding.strip().lower() not in ("gzip", "deflate", "x-gzip"):
+        return None
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+
+    def inflate(chunk: bytes, room: int) -> bytes:
+        return inflater.decompress(chunk, max(room, 1))
+
+    return inflate
 
 
 class _Stream(httpcore.NetworkStream):
@@ -189,13 +257,10 @@ def _resolve(host: str, port: int, timeout: float | None) -> list[str]:
     return found
 
 
-class DeadlineTransport(httpx.HTTPTransport):
-    """httpx's transport on a connection pool whose sockets honour :func:`deadline`."""
+class HttpClient:
+    """The client deliveries share; see the module docstring."""
 
-    def __init__(self, *, pool: int) -> None:
-        super().__init__()
-        # httpx builds its pool with httpcore's default backend and has no option for another
-        # one: the pool is rebuilt here with the same settings, the backend swapped.
+    def __init__(self, connect_timeout: float, read_timeout: float, pool: int = 16) -> None:
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(),
             max_connections=pool,
@@ -203,14 +268,36 @@ class DeadlineTransport(httpx.HTTPTransport):
             keepalive_expiry=5.0,
             network_backend=_Backend(),
         )
+        self._extensions: dict[str, typing.Any] = {
+            "timeout": {
+                "connect": connect_timeout,
+                "read": read_timeout,
+                "write": read_timeout,
+                "pool": read_timeout,
+            }
+        }
 
+    def send(
+        self,
+        request: HttpRequest,
+        seconds: float,
+        *,
+        before_write: Callable[[], None] | None = None,
+    ) -> Answer:
+        """Make ``request`` within ``seconds`` (see :func:`deadline` for ``before_write``)."""
+        headers = [*request.headers.items(), ("Content-Length", str(len(request.body)))]
+        with (
+            deadline(seconds, before_write=before_write),
+            self._pool.stream(
+                request.method,
+                request.url,
+                headers=headers,
+                content=request.body,
+                extensions=self._extensions,
+            ) as response,
+        ):
+            body = read_body(response, BODY_LIMIT)
+        return Answer(response.status, _headers(response.headers), body)
 
-def make_http_client(connect_timeout: float, read_timeout: float, pool: int = 16) -> httpx.Client:
-    """The client deliveries share: keep-alive connections, TLS verified, no redirects
-    followed (a redirect means the URL is wrong), each phase bounded by the timeouts and each
-    request made inside :func:`deadline` by its total deadline."""
-    return httpx.Client(
-        timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-        transport=DeadlineTransport(pool=pool),
-        follow_redirects=False,
-    )
+    def close(self) -> None:
+        self._pool.close()

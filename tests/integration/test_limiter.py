@@ -177,6 +177,30 @@ def test_429_pauses_every_client_cuts_the_rate_and_recovers(
     assert later[2].due - later[1].due == interval  # recovered to the full rate
 
 
+def test_one_check_serves_the_sends_of_the_next_moments(
+    redis_client: redis.Redis, namespace: str
+) -> None:
+    # A late margin of 0.5 s: the slots stay good through the test's sleeps.
+    a = make_limiter(redis_client, namespace, "1000/1s", jitter=1.0, check_reuse=0.2)
+    other = redis.Redis(connection_pool=redis_client.connection_pool)
+    b = make_limiter(other, namespace, "1000/1s", jitter=1.0)
+    tickets = a.reserve(SCOPE, 3, 1.0).tickets
+    started = time.monotonic()
+    assert a.wait(tickets[0]).go and a.wait(tickets[1]).go
+    assert a.stats.checks == 1 or time.monotonic() - started > 0.2  # one round trip for both
+    b.throttle(SCOPE, 0.5)
+    # Another process's 429 is seen by the next check, at most check_reuse later ...
+    time.sleep(0.21)
+    clearance = a.wait(tickets[2])
+    assert not clearance.go and 0.2 < clearance.paused_for <= 0.3
+    # ... and this process's own 429 at once, whatever it checked a moment ago.
+    time.sleep(clearance.paused_for + 0.01)
+    fresh = a.reserve(SCOPE, 1, 1.0).tickets
+    assert fresh and a.wait(fresh[0]).go
+    a.throttle(SCOPE, 0.5)
+    assert not a.wait(fresh[0]).go
+
+
 def test_retry_after_is_capped(redis_client: redis.Redis, namespace: str) -> None:
     limiter = make_limiter(redis_client, namespace, "10/1s", pause_cap=2.0)
     assert 1.9 < limiter.throttle(SCOPE, 10**9) <= 2.0

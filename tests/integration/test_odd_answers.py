@@ -3,8 +3,9 @@
 A body with a NUL byte cannot go into a PostgreSQL text column; one that is not valid UTF-8,
 or megabytes long, must not cost the worker either. Before these fixes a 400 with a NUL in it
 failed the outcome's write, was held as if the database were restarting, and was sent again
-after its lease: a 400 became 25 requests. A body httpx cannot decode (gzip that is not
-gzip) is a retry like a network error, and the round goes on.
+after its lease: a 400 became 25 requests. A body that cannot be inflated (gzip that is not
+gzip) does not hide the status; a send that fails unexpectedly is a retry like a network
+error, and the round goes on.
 """
 
 from __future__ import annotations
@@ -128,10 +129,29 @@ def test_an_outcome_the_database_refuses_is_recorded_without_the_answer(
     assert "recording it without the API's answer" in caplog.text
 
 
-# -- a response httpx cannot read --------------------------------------------------------------
+# -- a body that cannot be read, and a send that fails unexpectedly -------------------------------
 
 
-def test_an_unreadable_response_is_a_retry_and_the_round_goes_on(
+def test_a_body_that_cannot_be_inflated_does_not_hide_the_answer(
+    make_settings: Callable[..., Settings], misbehaving: tuple[str, type[Misbehaving]]
+) -> None:
+    """A 202 whose body claims gzip and is not: the status line said accepted, so the event is
+    delivered (sending it again would count it twice), its body kept with a note."""
+    url, handler = misbehaving
+    settings = make_settings(servoki_url=url, max_attempts=2, send_concurrency=2)
+    ids = enqueue(settings, "servoki", purchases(3))
+    worker = Worker(settings)
+    try:
+        report = worker.flush(max_wait=5)
+        found = rows(worker)
+    finally:
+        worker.close()
+    assert len(handler.seen) == 3  # one request each
+    assert report.dispatched.delivered == 3
+    assert {found[event_id].status for event_id in ids} == {"delivered"}
+
+
+def test_an_unexpected_error_while_sending_is_a_retry_and_the_round_goes_on(
     make_settings: Callable[..., Settings],
     misbehaving: tuple[str, type[Misbehaving]],
     caplog: pytest.LogCaptureFixture,
@@ -140,6 +160,14 @@ def test_an_unreadable_response_is_a_retry_and_the_round_goes_on(
     settings = make_settings(servoki_url=url, max_attempts=2, send_concurrency=2)
     ids = enqueue(settings, "servoki", purchases(3))
     worker = Worker(settings)
+    client = worker.dispatcher.http
+    send = client.send
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        send(*args, **kwargs)  # the API gets it; reading the answer then fails (a bug)
+        raise ValueError("a bug while reading the answer")
+
+    client.send = broken  # type: ignore[method-assign]
     try:
         with caplog.at_level(logging.ERROR, logger="relay.delivery"):
             report = worker.flush(max_wait=5)
@@ -150,5 +178,6 @@ def test_an_unreadable_response_is_a_retry_and_the_round_goes_on(
     assert report.dispatched.dead == 3 and report.dispatched.retried == 3
     for event_id in ids:
         error = found[event_id].last_error
-        assert "gave up after 2 attempts" in error and "unexpected error: DecodingError" in error
+        assert "gave up after 2 attempts" in error
+        assert "unexpected error: ValueError: a bug while reading the answer" in error
     assert "failed unexpectedly" in caplog.text  # logged with its traceback, not swallowed

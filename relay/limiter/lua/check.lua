@@ -1,17 +1,15 @@
--- Just before a send: may a request whose slot was granted at ARGV[1] (Redis µs) go now?
+-- Just before a send: is any of these buckets paused, and when did a 429 last cut it?
 -- KEYS[i]  the slot's buckets
--- Returns 0 go; > 0 µs the scope stays paused (a 429); -1 a 429 came after the grant but the
--- pause is over: the slot is stale, reserve a fresh one.
+-- Returns {now, paused_until, throttled_at} in Redis µs, the latest over KEYS (0: never).
+-- The worker decides per slot: paused while paused_until > now; a slot granted at or before
+-- throttled_at is stale (reserve a fresh one). One answer serves every slot of these buckets
+-- this process sends in the next moments (RedisLimiter.check_reuse).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local issued = tonumber(ARGV[1])
-local paused_for, stale = 0, false
+local paused, throttled = 0, 0
 for i = 1, #KEYS do
   local s = redis.call('HMGET', KEYS[i], 'paused_until', 'throttled_at')
-  local paused = tonumber(s[1]) or 0
-  if paused - now > paused_for then paused_for = paused - now end
-  if (tonumber(s[2]) or 0) >= issued then stale = true end
+  paused = math.max(paused, tonumber(s[1]) or 0)
+  throttled = math.max(throttled, tonumber(s[2]) or 0)
 end
-if paused_for > 0 then return paused_for end
-if stale then return -1 end
-return 0
+return {now, paused, throttled}
