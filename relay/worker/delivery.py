@@ -3,10 +3,11 @@
 No database transaction is open while a request is in flight: claiming commits a lease, the
 POST happens, and the outcome is written with an update guarded by the lease token.
 
-Rate limits come first: each round reserves send slots for a destination (at most
-``reserve_ahead`` seconds ahead) and claims only as many rows as it got slots, so a row is
-never held much longer than its slot is away, and a destination with a large backlog cannot
-hold up another one: each has its own bucket and its own claims, in a rotating order.
+Each round claims due rows of every destination (as many as the last round's slots allowed),
+then reserves a send slot for each (at most ``reserve_ahead`` seconds ahead) and gives back the
+rows no slot came for, so a row is never held much longer than its slot is away, and a
+destination with a large backlog cannot hold up another one: each has its own bucket and its
+own claims, in a rotating order.
 """
 
 from __future__ import annotations
@@ -139,12 +140,15 @@ class Dispatcher:
     def dispatch_due(self, limit: int) -> DispatchReport:
         """Claim and deliver up to ``limit`` due rows per destination; return what happened."""
         report = DispatchReport()
-        work = self._claim_round(limit, report)
+        plan = self._claim_round(limit, report)
+        work = plan.work
         report.claimed = len(work)
         round_ = Round()
         commit = round_.commit = self._group_commit(round_)
         try:
-            results = self._send_round(work, round_, commit)
+            results = self._send_round(
+                work, round_, commit, lambda: self._settle_plan(plan, round_)
+            )
         finally:
             try:
                 commit.write()  # what is left when the round is over
@@ -170,12 +174,32 @@ class Dispatcher:
             patience=self.record_patience,
         )
 
+    def _settle_plan(self, plan: Plan, round_: Round) -> None:
+        """Once the round's sends are under way: refund the slots no row used, give back the
+        rows no slot came for (one statement). A failure fails the round (the worker backs
+        off); rows not given back wait out their leases."""
+        try:
+            for grant, unused in plan.refunds:
+                self.limiter.refund(grant, unused)
+            if plan.give_back:
+                self.outbox.finish_many(
+                    [Finish.release(claim, delay, None) for claim, delay in plan.give_back]
+                )
+        except (SQLAlchemyError, LimiterUnavailable) as exc:
+            round_.fail(exc)
+
     def _send_round(
-        self, work: list[tuple[Claim, bool, Ticket]], round_: Round, commit: GroupCommit
+        self,
+        work: list[tuple[Claim, bool, Ticket]],
+        round_: Round,
+        commit: GroupCommit,
+        started: Callable[[], None],
     ) -> list[tuple[Outcome | None, bool | None]]:
         """Send the round's rows (``concurrency`` at a time) while this thread writes their
-        outcomes as they gather (see :mod:`relay.worker.group_commit`)."""
+        outcomes as they gather (see :mod:`relay.worker.group_commit`); ``started`` runs on
+        this thread once the sends are under way."""
         if self._pool is None or len(work) <= 1:
+            started()
             results = []
             for item in work:
                 # Before a request that may take up to send_seconds: write what could not
@@ -188,6 +212,7 @@ class Dispatcher:
             commit.started()
             futures.append(self._pool.submit(round_.run, self.deliver, *item))
             futures[-1].add_done_callback(commit.finished)
+        started()
         while commit.wait(writes=round_.failure is None):
             self._write_or_fail(commit, round_)
         return [future.result() for future in futures]
@@ -203,7 +228,7 @@ class Dispatcher:
         except SQLAlchemyError as exc:
             round_.fail(exc)
 
-    def _claim_round(self, limit: int, report: DispatchReport) -> list[tuple[Claim, bool, Ticket]]:
+    def _claim_round(self, limit: int, report: DispatchReport) -> Plan:
         """This round's work: probes first, then every active destination in turn, each row
         with its reserved send slot, in slot order.
 
@@ -217,58 +242,78 @@ class Dispatcher:
             active = active[turn:] + active[:turn]
         wants = [(name, 1, True) for name in probes]
         wants += [(name, self._want.get(name, limit), False) for name in active]
-        work = self._plan(wants, limit, report)
-        work.sort(key=lambda item: item[2].at)
-        return work
+        plan = self._plan(wants, limit, report)
+        plan.work.sort(key=lambda item: item[2].at)
+        return plan
 
-    def _plan(
-        self, wants: list[tuple[str, int, bool]], limit: int, report: DispatchReport
-    ) -> list[tuple[Claim, bool, Ticket]]:
-        """Reserve send slots for every ``(destination, slots wanted, probe)`` in one limiter
-        call, then claim as many due rows of each in one statement; give back the slots no
-        row came for.
+    def _plan(self, wants: list[tuple[str, int, bool]], limit: int, report: DispatchReport) -> Plan:
+        """Claim due rows of every ``(destination, rows wanted, probe)`` in one statement,
+        then reserve a send slot for each in one limiter call; rows that got no slot go back
+        (after the sends have started), slots no row can use in time are refunded.
 
-        Two round trips a round however many destinations there are: with one reserve and
-        one claim per destination a round of 20 keys spent longer claiming than sending.
+        Rows first, slots second: the slots' clock starts once the rows are in hand, so a slow
+        claim (a database hiccup of 60 ms) cannot make a whole round's slots late (each one
+        then lost to the bucket and reserved again). Two round trips a round however many
+        destinations there are.
         """
-        if not wants:
-            return []
-        requests = [(self.destinations[name].limit_scopes(), want) for name, want, _ in wants]
-        grants = self.limiter.reserve_many(requests, self.reserve_ahead)
-        granted: dict[str, tuple[Grant, bool]] = {}
-        for (name, _, probe), grant in zip(wants, grants, strict=True):
-            if grant.tickets:
-                granted[name] = (grant, probe)
-            else:
-                report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
-        if not granted:
-            return []
-        sendable = self._sendable({name: grant for name, (grant, _) in granted.items()})
-        claimed = self.outbox.claim_due_each(sendable, self.lease_seconds)
-        rows: dict[str, list[Claim]] = {name: [] for name in granted}
+        probing = {name for name, _, probe in wants if probe}
+        claimed = self.outbox.claim_due_each(
+            {name: want for name, want, _ in wants}, self.lease_seconds
+        )
+        rows: dict[str, list[Claim]] = {}
         for claim in claimed:
-            rows[claim.destination].append(claim)
-        work: list[tuple[Claim, bool, Ticket]] = []
-        for name, (grant, probe) in granted.items():
-            claims = [claim for claim in rows[name] if not self._gave_up(claim, report)]
-            unused = len(grant.tickets) - len(claims)
-            if unused:
-                # One call per destination with slots to spare: a busy round has none.
-                try:
-                    self.limiter.refund(grant, unused)
-                except LimiterUnavailable:
-                    # Fail closed: what this round claimed goes back unsent, its attempt
-                    # refunded (rows a refund never got to included).
-                    for claim in claimed:
-                        self.outbox.release(claim, 1.0)
-                    raise
-            if not probe:
-                # Ask for what the backlog filled last time: an idle destination reserves one
-                # slot a round, a busy one a whole batch.
-                self._want[name] = max(1, 2 * len(claims)) if unused else limit
-            tickets = grant.tickets[: len(claims)]
-            work += [(claim, probe, ticket) for claim, ticket in zip(claims, tickets, strict=True)]
-        return work
+            if not self._gave_up(claim, report):
+                rows.setdefault(claim.destination, []).append(claim)
+        for name, _, probe in wants:
+            if not probe and name not in rows:
+                self._want[name] = 1  # nothing due: ask for one row a round until there is
+        if not rows:
+            return Plan()
+        names = list(rows)
+        requests = [(self.destinations[name].limit_scopes(), len(rows[name])) for name in names]
+        try:
+            grants = dict(
+                zip(names, self.limiter.reserve_many(requests, self.reserve_ahead), strict=True)
+            )
+        except LimiterUnavailable:
+            # Fail closed: the claimed rows go back unsent, their attempt refunded.
+            self.outbox.finish_many([Finish.release(claim, 1.0, None) for claim in claimed])
+            raise
+        keep = self._sendable({name: grant for name, grant in grants.items() if grant.tickets})
+        plan = Plan()
+        for name in names:
+            grant, claims = grants[name], rows[name]
+            kept = min(len(claims), keep.get(name, 0))
+            if not grant.tickets:
+                wait = max(0.0, grant.retry_in - self.reserve_ahead)
+                report.limited[name] = wait
+                plan.give_back += [(claim, wait) for claim in claims]
+            else:
+                plan.give_back += [(claim, 0.0) for claim in claims[kept:]]
+                tickets = grant.tickets[:kept]
+                plan.work += [
+                    (claim, name in probing, ticket)
+                    for claim, ticket in zip(claims[:kept], tickets, strict=True)
+                ]
+                if len(grant.tickets) > kept:
+                    plan.refunds.append((grant, len(grant.tickets) - kept))
+            if name not in probing:
+                self._want[name] = self._next_want(
+                    self._want.get(name, limit), len(claims), len(grant.tickets), limit
+                )
+        return plan
+
+    @staticmethod
+    def _next_want(want: int, claimed: int, granted: int, limit: int) -> int:
+        """Rows to claim next round: what the slots allowed this one, a little more while
+        every row got a slot (the bucket may have room), fewer once the backlog runs dry."""
+        if claimed < want:
+            return max(1, min(limit, 2 * claimed))  # the backlog ran dry
+        if granted < claimed:
+            return max(1, granted + 1)  # the slots were the limit
+        # Every row got a slot: ask for more, fast from an idle start, gently near the
+        # bucket's rate (each row over it is claimed and given back).
+        return min(limit, want + (want if want < 4 else max(1, want // 4)))
 
     def _sendable(self, grants: Mapping[str, Grant]) -> dict[str, int]:
         """How many of each grant's slots this round can keep: its requests go out
@@ -592,6 +637,18 @@ class Dispatcher:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+@dataclass
+class Plan:
+    """One round's claims: the rows to send, each with its slot, and what is left over."""
+
+    work: list[tuple[Claim, bool, Ticket]] = field(default_factory=list)
+    """(row, probe, slot) to send."""
+    give_back: list[tuple[Claim, float]] = field(default_factory=list)
+    """Rows no slot came for, and when they are due again (s)."""
+    refunds: list[tuple[Grant, int]] = field(default_factory=list)
+    """Slots no row can use in time: (grant, how many of its last slots)."""
 
 
 class Round:

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,10 +282,12 @@ def test_worker_sends_nothing_unmetered_while_the_limiter_is_down(
 # -- the limiter failing between reserve and send ----------------------------------------------
 
 
-class RefundFails(RedisLimiter):
-    """The real limiter, except that Redis "goes away" when unused slots are handed back."""
+class ReserveFails(RedisLimiter):
+    """The real limiter, except that Redis "goes away" when the round reserves its slots."""
 
-    def refund(self, grant: Grant, unused: int) -> None:
+    def reserve_many(
+        self, requests: Sequence[tuple[Sequence[str], int]], horizon: float
+    ) -> list[Grant]:
         raise LimiterUnavailable("the limiter's Redis went away (test)")
 
 
@@ -295,13 +297,13 @@ def test_claims_go_back_when_the_limiter_fails_mid_plan(
     settings = make_settings(datalook_api_key=None)  # servoki's plan is the round's first
     [event_id] = enqueue(settings, "servoki", purchases(1))
     worker = Worker(settings)
-    worker.limiter = worker.dispatcher.limiter = RefundFails(
+    worker.limiter = worker.dispatcher.limiter = ReserveFails(
         worker.redis, worker.keys, worker.build_limiter().budgets
     )
     try:
         worker.drain()
         with pytest.raises(LimiterUnavailable):
-            worker.dispatch()  # reserves 50 slots, claims 1, the refund of 49 fails
+            worker.dispatch()  # claims its row, then reserving a slot for it fails
         row = rows(worker)[event_id]
     finally:
         worker.close()

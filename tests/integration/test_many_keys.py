@@ -4,6 +4,7 @@ and one claim, and every key gets its share of the sends."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from relay.ops.admin import Admin
 from relay.settings import Settings
 from relay.worker.loop import Worker
 from tests.support.limits import make_limiter
-from tests.support.pipeline import enqueue
+from tests.support.pipeline import enqueue, rows
 
 KEYS = {f"shop{i}": f"dl_live_k{i}many_s3cr3tvalue{i}" for i in range(4)}
 
@@ -105,6 +106,61 @@ def test_a_round_reserves_and_claims_every_tenant_at_once(
         assert calls == {"reserve_many": 1, "claim_due_each": 1}
     finally:
         worker.close()
+
+
+def test_a_slow_claim_does_not_make_the_rounds_slots_late(
+    tenants: Callable[..., Settings], db_url: str, sandbox: SandboxProcess
+) -> None:
+    """Rows first, slots second: a claim that takes 300 ms (a database hiccup) comes before
+    the slots are reserved, so none of them is missed. Reserved first, every slot of the
+    round was 300 ms late (past the 50 ms margin): each was lost to its bucket and reserved
+    again, one at a time."""
+    settings = tenants("20/1s", database_url=db_url, limit_jitter=0.1)
+    for name in KEYS:
+        enqueue(settings, f"dl-{name}", pages(5))
+    worker = Worker(settings)
+    outbox = worker.outbox
+    claim_due_each = outbox.claim_due_each
+
+    def slow_claim(*args: object, **kwargs: object) -> object:
+        time.sleep(0.3)
+        return claim_due_each(*args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        worker.drain()
+        outbox.claim_due_each = slow_claim  # type: ignore[method-assign]
+        report = worker.dispatch()
+        stats = worker.limiter.stats  # type: ignore[attr-defined]
+    finally:
+        worker.close()
+    assert report.claimed == report.delivered >= 4  # what the slots of 0.15 s allow
+    assert stats.missed == 0 and stats.stale == 0
+
+
+def test_rows_no_slot_came_for_go_back_untouched(
+    tenants: Callable[..., Settings], db_url: str, sandbox: SandboxProcess
+) -> None:
+    """Another worker holds every slot of the next seconds: the rows this round claimed go
+    back (attempt refunded, no lease), due when the bucket has room, and nothing is sent."""
+    settings = tenants("3/1s", database_url=db_url)
+    ids = enqueue(settings, "dl-shop0", pages(3))
+    worker = Worker(settings)
+    try:
+        worker.drain()
+        [scope] = worker.destinations["dl-shop0"].limit_scopes()
+        # Every slot of the next 5 s, taken by "another worker" sharing the bucket.
+        while worker.limiter.reserve((scope,), 10, 5.0).tickets:
+            pass
+        report = worker.dispatch()
+        found = rows(worker)
+    finally:
+        worker.close()
+    assert report.claimed == 0 and report.delivered == 0
+    assert 4.0 < report.limited["dl-shop0"] <= 5.5
+    assert sandbox.events("datalook") == []
+    for event_id in ids:
+        row = found[event_id]
+        assert (row.status, row.attempts, row.lease_token) == ("pending", 0, None)
 
 
 def test_claim_due_each_takes_each_destinations_count_and_leases_them(
