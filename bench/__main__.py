@@ -32,7 +32,7 @@ BENCHES: dict[str, tuple[Main, list[str], list[str]]] = {
     "web": (web.main, [], ["--quick"]),
     "transactional": (transactional.main, [], ["--events", "30"]),
     "limits": (limits.main, ["--seconds", "70"], ["--seconds", "25", "--workers", "2"]),
-    "keys": (keys.main, ["--scale", "1", "10", "20", "--seconds", "30"], ["--seconds", "15"]),
+    "keys": (keys.main, ["--scale", "1", "10", "20", "40", "--seconds", "30"], ["--seconds", "15"]),
     "outbox": (outbox.main, [], ["--quick"]),
 }
 

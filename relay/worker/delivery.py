@@ -125,6 +125,8 @@ class Dispatcher:
         self._send_time: float | None = None
         """Seconds one request takes, a moving average (see ``_sendable``)."""
         self._turn = 0
+        self.slots_fell_behind = 0
+        """Rows handed back because the round reached them after their slot had passed."""
 
     def active_destinations(self) -> tuple[list[str], list[str]]:
         """(destinations to send to normally, paused ones that may get one probe now)."""
@@ -152,6 +154,10 @@ class Dispatcher:
         finally:
             try:
                 commit.write()  # what is left when the round is over
+                if round_.behind:  # rows whose slot passed before their turn: the next round's
+                    self.outbox.finish_many(
+                        [Finish.release(claim, 0.0, None) for claim in round_.behind]
+                    )
             except SQLAlchemyError as exc:
                 round_.fail(exc)
         if round_.failure is not None:
@@ -382,13 +388,18 @@ class Dispatcher:
         """
         destination = self.destinations[claim.destination]
         round_ = round_ or Round()
-        for _ in range(MAX_SLOT_TRIES):
+        for tries in range(MAX_SLOT_TRIES):
             gate: Callable[[], None] | None = None
             try:
                 if ticket is None:
                     self.limiter.acquire(destination.limit_scopes())
                 else:
                     waited = time.monotonic()
+                    # The round reached this row after its planned slot (a first try; after
+                    # a SlotMissed the wait below reserves a fresh slot for it).
+                    late = waited - ticket.at > self.limiter.late_margin
+                    if late and not tries and not probe and round_.commit is not None:
+                        return self._fell_behind(claim, round_)
                     clearance = self.limiter.wait(ticket)
                     if not clearance.go:
                         return None, self.outbox.release(claim, clearance.paused_for)
@@ -426,6 +437,16 @@ class Dispatcher:
             round_.commit.add(claim, outcome, self._finish_for(claim, outcome))
             return outcome, None
         return outcome, self._persist(claim, outcome, probe, round_)
+
+    def _fell_behind(self, claim: Claim, round_: Round) -> tuple[Outcome | None, bool | None]:
+        """The round reached this row after its slot had passed (a stalled process, a slow
+        request ahead of it): the slot is lost, and the row goes to the next round, which
+        reserves fresh slots for all its rows at once. Waiting here for a fresh slot would
+        hold this thread, and make the rows queued behind it late too, one after another."""
+        with round_.lock:
+            round_.behind.append(claim)
+            self.slots_fell_behind += 1
+        return None, True
 
     def _persist(self, claim: Claim, outcome: Outcome, probe: bool, round_: Round) -> bool:
         """``record`` the outcome; while the outbox fails, hold it and try again.
@@ -666,12 +687,14 @@ class Round:
         self.failure: BaseException | None = None
         self.commit: GroupCommit | None = None
         """Where the round's outcomes gather to be written together (None: one by one)."""
-        self._lock = threading.Lock()
+        self.behind: list[Claim] = []
+        """Rows the round reached after their slot had passed: given back when it ends."""
+        self.lock = threading.Lock()
 
     def fail(self, exc: BaseException) -> None:
         """The outbox (or Redis) failed for good: send nothing more, fail the round."""
         self.trouble.set()
-        with self._lock:
+        with self.lock:
             self.failure = self.failure or exc
 
     def run(

@@ -246,6 +246,44 @@ def test_a_request_later_than_its_slot_at_the_first_byte_waits_for_a_fresh_slot(
     assert len(late) == 1 and 0 <= late[0] <= limiter.late_margin
 
 
+def test_rows_whose_slot_passed_before_their_turn_go_to_the_next_round(
+    make_settings: Callable[..., Settings], sandbox: SandboxProcess
+) -> None:
+    """One request holds up the round (building it took 0.3 s): the rows queued behind it
+    find their slots gone. They go back, attempt refunded, and the next round reserves fresh
+    slots for them at once, instead of each waiting in the sending thread for a slot of its
+    own (which made the rows behind it late too, one after another)."""
+    settings = make_settings(servoki_rate_limit="20/1s", limit_jitter=0.1, send_concurrency=1)
+    ids = enqueue(settings, "servoki", purchases(4))
+    worker = Worker(settings)
+    destination = worker.dispatcher.destinations["servoki"]
+    build = destination.build_request
+    calls: list[float] = []
+
+    def slow_first(body: bytes) -> HttpRequest:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(0.3)
+        return build(body)
+
+    destination.build_request = slow_first  # type: ignore[method-assign]
+    try:
+        worker.drain()
+        first = worker.dispatch()
+        behind = worker.dispatcher.slots_fell_behind
+        between = rows(worker)
+        second = worker.dispatch()
+    finally:
+        worker.close()
+    assert first.claimed >= 2 and first.delivered == 1
+    assert behind == first.held == first.claimed - 1
+    given_back = [between[i] for i in ids if between[i].status == "pending"]
+    assert len(given_back) == 3
+    assert all(row.lease_token is None and row.attempts == 0 for row in given_back)
+    assert first.delivered + second.delivered == first.claimed
+    assert sandbox.stats()["servoki"]["requests"] == first.claimed  # one request per row
+
+
 # -- a round that runs late --------------------------------------------------------------------
 
 
