@@ -212,6 +212,23 @@ def test_a_delivered_probe_does_not_lift_an_operators_pause(
 # -- 7. the rate limit's margin measures what the API sees --------------------------------
 
 
+def slow_first_build(worker: Worker, seconds: float) -> list[float]:
+    """Building the worker's first Servoki request takes ``seconds``; returns the times
+    each request was built."""
+    destination = worker.dispatcher.destinations["servoki"]
+    build = destination.build_request
+    calls: list[float] = []
+
+    def slow_first(body: bytes) -> HttpRequest:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(seconds)
+        return build(body)
+
+    destination.build_request = slow_first  # type: ignore[method-assign]
+    return calls
+
+
 def test_a_request_later_than_its_slot_at_the_first_byte_waits_for_a_fresh_slot(
     make_settings: Callable[..., Settings], sandbox: SandboxProcess
 ) -> None:
@@ -220,17 +237,7 @@ def test_a_request_later_than_its_slot_at_the_first_byte_waits_for_a_fresh_slot(
     settings = make_settings(servoki_rate_limit="10/1s", limit_jitter=0.1, send_concurrency=1)
     enqueue(settings, "servoki", [{"event_type": "purchase"}])
     worker = Worker(settings)
-    destination = worker.dispatcher.destinations["servoki"]
-    build = destination.build_request
-    calls: list[float] = []
-
-    def slow_first(body: bytes) -> HttpRequest:
-        calls.append(time.monotonic())
-        if len(calls) == 1:
-            time.sleep(0.2)  # past the 0.05 s the budget allows between slot and arrival
-        return build(body)
-
-    destination.build_request = slow_first  # type: ignore[method-assign]
+    calls = slow_first_build(worker, 0.2)  # past the 0.05 s the budget allows after a slot
     try:
         worker.drain()
         report = worker.dispatch()
@@ -256,17 +263,7 @@ def test_rows_whose_slot_passed_before_their_turn_go_to_the_next_round(
     settings = make_settings(servoki_rate_limit="20/1s", limit_jitter=0.1, send_concurrency=1)
     ids = enqueue(settings, "servoki", purchases(4))
     worker = Worker(settings)
-    destination = worker.dispatcher.destinations["servoki"]
-    build = destination.build_request
-    calls: list[float] = []
-
-    def slow_first(body: bytes) -> HttpRequest:
-        calls.append(time.monotonic())
-        if len(calls) == 1:
-            time.sleep(0.3)
-        return build(body)
-
-    destination.build_request = slow_first  # type: ignore[method-assign]
+    slow_first_build(worker, 0.3)
     try:
         worker.drain()
         first = worker.dispatch()
