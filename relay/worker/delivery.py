@@ -122,6 +122,9 @@ class Dispatcher:
         self.lease_margin = min(2.0, lease_seconds / 10)
         self._pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
         self._want: dict[str, int] = {}
+        """Rows to claim per destination next round (see ``_next_want``)."""
+        self._room: dict[str, int] = {}
+        """Rows of each destination the last round limited by slots or time could send."""
         self._send_time: float | None = None
         """Seconds one request takes, a moving average (see ``_sendable``)."""
         self._turn = 0
@@ -304,22 +307,23 @@ class Dispatcher:
                 if len(grant.tickets) > kept:
                     plan.refunds.append((grant, len(grant.tickets) - kept))
             if name not in probing:
-                self._want[name] = self._next_want(
-                    self._want.get(name, limit), len(claims), len(grant.tickets), limit
-                )
+                self._next_want(name, len(claims), kept, limit)
         return plan
 
-    @staticmethod
-    def _next_want(want: int, claimed: int, granted: int, limit: int) -> int:
-        """Rows to claim next round: what the slots allowed this one, a little more while
-        every row got a slot (the bucket may have room), fewer once the backlog runs dry."""
-        if claimed < want:
-            return max(1, min(limit, 2 * claimed))  # the backlog ran dry
-        if granted < claimed:
-            return max(1, granted + 1)  # the slots were the limit
-        # Every row got a slot: ask for more, fast from an idle start, gently near the
-        # bucket's rate (each row over it is claimed and given back).
-        return min(limit, want + (want if want < 4 else max(1, want // 4)))
+    def _next_want(self, name: str, claimed: int, kept: int, limit: int) -> None:
+        """Rows of ``name`` to claim next round: as many as this round could send (its slots
+        and the time to send them were the limit), fewer once the backlog runs dry, and more
+        while every row was sent: doubling up to the last limit seen, then one at a time
+        (each row over the limit is claimed and given back)."""
+        want = self._want.get(name, limit)
+        if kept < claimed:
+            self._room[name] = kept
+            self._want[name] = max(1, kept)
+        elif claimed < want:
+            self._want[name] = max(1, min(limit, 2 * claimed))  # the backlog ran dry
+        else:
+            room = self._room.get(name, limit)
+            self._want[name] = min(limit, min(room, 2 * want) if want < room else want + 1)
 
     def _sendable(self, grants: Mapping[str, Grant]) -> dict[str, int]:
         """How many of each grant's slots this round can keep: its requests go out

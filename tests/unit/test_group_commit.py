@@ -189,3 +189,24 @@ def test_slots_spread_by_a_rate_limit_are_all_kept() -> None:
     now = time.monotonic()
     spread = [now + i / 60 for i in range(60)]  # 60/s over the next second
     assert dispatcher(0.002)._sendable({"a": grant(spread)}) == {"a": 60}
+
+
+# -- how many rows the next round claims -------------------------------------------------------
+
+
+def test_the_next_round_claims_what_this_one_could_send_and_probes_for_more_gently() -> None:
+    made = dispatcher(0.002)
+    want = lambda: made._want["a"]  # noqa: E731
+    made._next_want("a", claimed=50, kept=40, limit=50)  # 40 could go out in time
+    assert want() == 40
+    made._next_want("a", claimed=40, kept=40, limit=50)  # all sent: one more, not 25% more
+    assert want() == 41
+    made._next_want("a", claimed=41, kept=40, limit=50)  # one row too many: given back
+    assert want() == 40
+    made._next_want("a", claimed=3, kept=3, limit=50)  # the backlog ran dry
+    assert want() == 6
+    for expected in (12, 24, 40, 41):  # doubling back up to the last limit, then one by one
+        made._next_want("a", claimed=want(), kept=want(), limit=50)
+        assert want() == expected
+    made._next_want("a", claimed=41, kept=41, limit=41)
+    assert want() == 41  # never above the dispatch batch
