@@ -1,11 +1,12 @@
 """Rate limiting: the seam between the delivery engine and the shared token buckets.
 
-The delivery engine asks for send slots before it claims rows, so it never holds a row it cannot
-send soon, and each request waits for its own slot::
+The delivery engine claims rows, then asks for a send slot for each and gives back the rows no
+slot came for, so it never holds a row it cannot send soon (and a slow claim cannot make the
+slots late); each request waits for its own slot::
 
-    grant = limiter.reserve(scopes, count=50, horizon=1.0)  # up to 50 slots in the next second
-    claims = outbox.claim_due(len(grant.tickets), ...)      # rows for the slots it got
-    limiter.refund(grant, len(grant.tickets) - len(claims)) # give back the slots it cannot use
+    claims = outbox.claim_due(want, ...)                    # the rows this round wants to send
+    grant = limiter.reserve(scopes, len(claims), 0.15)      # slots in the next 0.15 s
+    outbox.release(claims[len(grant.tickets):])             # rows no slot came for go back
     clearance = limiter.wait(ticket)                        # sleep until the slot, then check
     if clearance.go: POST … ; on 429: limiter.throttle(scopes, retry_after)
 

@@ -278,7 +278,7 @@ class Dispatcher:
                 self._want[name] = 1  # nothing due: ask for one row a round until there is
         if not rows:
             return Plan()
-        names = list(rows)
+        names = [name for name, _, _ in wants if name in rows]  # the round's rotating order
         requests = [(self.destinations[name].limit_scopes(), len(rows[name])) for name in names]
         try:
             grants = dict(
@@ -337,17 +337,19 @@ class Dispatcher:
         counts = {name: len(grant.tickets) for name, grant in grants.items()}
         if self._send_time is None:
             return counts  # nothing measured yet
-        # In slot order; slots due at the same moment alternate between destinations.
+        # In slot order; slots due at the same moment alternate between destinations, in the
+        # order ``grants`` lists them (the round's rotating turn: a fixed order, by name say,
+        # would cut the same destinations' slots every crowded round).
         slots = sorted(
-            (ticket.at, i, name)
-            for name, grant in grants.items()
+            (ticket.at, i, turn, name)
+            for turn, (name, grant) in enumerate(grants.items())
             for i, ticket in enumerate(grant.tickets)
         )
         start = time.monotonic()
         budget = self.limiter.late_margin / 2
         # At least one each: a probe, or a destination late in a crowded round, goes out.
         counts = dict.fromkeys(grants, 1)
-        for k, (at, i, name) in enumerate(slots):
+        for k, (at, i, _, name) in enumerate(slots):
             if i > 0 and start + (k // self.concurrency) * self._send_time - at <= budget:
                 counts[name] += 1
         return counts
