@@ -315,6 +315,11 @@ class Outbox:
         """
         return self._finish(Finish.release(claim, delay, refused)) is not None
 
+    def release_many(self, rows: Sequence[tuple[Claim, float]]) -> None:
+        """``release`` each ``(claim, delay)`` unsent, in one statement (a round's leftovers)."""
+        if rows:
+            self.finish_many([Finish.release(claim, delay, None) for claim, delay in rows])
+
     def finish_many(self, finishes: Sequence[Finish]) -> list[datetime | None]:
         """Write many claims' outcomes in one transaction (group commit): for each, the
         database's time of the write, or None when its claim had lost the lease.

@@ -157,10 +157,8 @@ class Dispatcher:
         finally:
             try:
                 commit.write()  # what is left when the round is over
-                if round_.behind:  # rows whose slot passed before their turn: the next round's
-                    self.outbox.finish_many(
-                        [Finish.release(claim, 0.0, None) for claim in round_.behind]
-                    )
+                # Rows whose slot passed before their turn: the next round's.
+                self.outbox.release_many([(claim, 0.0) for claim in round_.behind])
             except SQLAlchemyError as exc:
                 round_.fail(exc)
         if round_.failure is not None:
@@ -190,10 +188,7 @@ class Dispatcher:
         try:
             for grant, unused in plan.refunds:
                 self.limiter.refund(grant, unused)
-            if plan.give_back:
-                self.outbox.finish_many(
-                    [Finish.release(claim, delay, None) for claim, delay in plan.give_back]
-                )
+            self.outbox.release_many(plan.give_back)
         except (SQLAlchemyError, LimiterUnavailable) as exc:
             round_.fail(exc)
 
@@ -286,26 +281,23 @@ class Dispatcher:
             )
         except LimiterUnavailable:
             # Fail closed: the claimed rows go back unsent, their attempt refunded.
-            self.outbox.finish_many([Finish.release(claim, 1.0, None) for claim in claimed])
+            self.outbox.release_many([(claim, 1.0) for claim in claimed])
             raise
         keep = self._sendable({name: grant for name, grant in grants.items() if grant.tickets})
         plan = Plan()
         for name in names:
             grant, claims = grants[name], rows[name]
             kept = min(len(claims), keep.get(name, 0))
-            if not grant.tickets:
-                wait = max(0.0, grant.retry_in - self.reserve_ahead)
-                report.limited[name] = wait
-                plan.give_back += [(claim, wait) for claim in claims]
-            else:
-                plan.give_back += [(claim, 0.0) for claim in claims[kept:]]
-                tickets = grant.tickets[:kept]
-                plan.work += [
-                    (claim, name in probing, ticket)
-                    for claim, ticket in zip(claims[:kept], tickets, strict=True)
-                ]
-                if len(grant.tickets) > kept:
-                    plan.refunds.append((grant, len(grant.tickets) - kept))
+            wait = 0.0
+            if not grant.tickets:  # no slot at all: its rows are due when the bucket has one
+                wait = report.limited[name] = max(0.0, grant.retry_in - self.reserve_ahead)
+            plan.give_back += [(claim, wait) for claim in claims[kept:]]
+            plan.work += [
+                (claim, name in probing, ticket)
+                for claim, ticket in zip(claims[:kept], grant.tickets[:kept], strict=True)
+            ]
+            if len(grant.tickets) > kept:
+                plan.refunds.append((grant, len(grant.tickets) - kept))
             if name not in probing:
                 self._next_want(name, len(claims), kept, limit)
         return plan

@@ -97,11 +97,14 @@ class Answer:
     """The first :data:`BODY_LIMIT` bytes, as text."""
 
 
-def read_body(response: httpcore.Response, limit: int) -> str:
+def read_body(
+    response: httpcore.Response, limit: int, headers: dict[str, str] | None = None
+) -> str:
     """The first ``limit`` bytes of ``response``'s body as text (bytes not valid in its
     charset become U+FFFD); a body still trickling in at the deadline is cut there: the
-    status line has arrived, so the answer is known."""
-    headers = _headers(response.headers)
+    status line has arrived, so the answer is known. ``headers``: the response's, as
+    :func:`_headers` reads them, when the caller has them already."""
+    headers = _headers(response.headers) if headers is None else headers
     inflate = _decoder(headers.get("content-encoding", ""))
     data = bytearray()
     try:
@@ -296,8 +299,9 @@ class HttpClient:
                 extensions=self._extensions,
             ) as response,
         ):
-            body = read_body(response, BODY_LIMIT)
-        return Answer(response.status, _headers(response.headers), body)
+            answered = _headers(response.headers)
+            body = read_body(response, BODY_LIMIT, answered)
+        return Answer(response.status, answered, body)
 
     def close(self) -> None:
         self._pool.close()
